@@ -1,0 +1,192 @@
+"""The command line: parse, call one Library method, render. No logic.
+
+Exit codes: 0 success; 1 error; 2 bad invocation or configuration; 3 finished, but some files
+could not be indexed (`imgsearch status --errors` lists them); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from imgsearch import render
+from imgsearch.errors import ImgSearchError
+
+if TYPE_CHECKING:
+    from imgsearch.app import Library
+    from imgsearch.types import Progress
+
+EXIT_SKIPPED = 3
+
+
+class _Group(click.Group):
+    """Turns ImgSearchError into one line on stderr and its exit code (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ImgSearchError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"imgsearch: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("imgsearch: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home", envvar="IMGSEARCH_HOME", type=click.Path(file_okay=False), help="State folder (IMGSEARCH_HOME)."
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Config file (default: HOME/config.yaml)."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. --set model.device=cpu."
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="imgsearch")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, config_path: str | None, overrides: tuple[str, ...], debug: bool) -> None:
+    """Search your photos by what is in them."""
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        pairs[key.strip()] = value
+    ctx.obj = {"home": home, "config": config_path, "overrides": pairs, "debug": debug}
+
+
+@contextmanager
+def _library(ctx: click.Context) -> Iterator[Library]:
+    from imgsearch.app import Library
+
+    with Library.open(ctx.obj["home"], ctx.obj["config"], ctx.obj["overrides"]) as lib:
+        yield lib
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--rebuild", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool, as_json: bool) -> None:
+    """Index the images under PATHS (default: the folders indexed before)."""
+    with _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.index(paths, rebuild=rebuild, on_progress=on_progress)
+    click.echo(render.to_json(report) if as_json else render.report(report))
+    if report.skipped or report.known_bad:
+        ctx.exit(EXIT_SKIPPED)
+
+
+@cli.command()
+@click.argument("terms", nargs=-1)
+@click.option("-k", "--top", type=click.IntRange(min=1), default=None, help="Number of results (search.top_k).")
+@click.option("-i", "--image", "images", multiple=True, type=click.Path(), help="Find images similar to this one.")
+@click.option("--path-prefix", type=click.Path(), help="Only results under this folder.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+@click.pass_context
+def query(
+    ctx: click.Context, terms: tuple[str, ...], top: int | None, images: tuple[str, ...], path_prefix: str | None,
+    as_json: bool,
+) -> None:
+    """Find images matching TERMS: text, image paths, or weighted sums.
+
+    \b
+    imgsearch query "old teacher at blackboard"
+    imgsearch query --image holiday.jpg
+    imgsearch query "2:golden retriever" + ./pool.jpg - fruit
+    """
+    with _library(ctx) as lib:
+        hits = lib.query(" ".join(terms), images=images, k=top, path_prefix=path_prefix)
+    if as_json:
+        click.echo(render.to_json(hits))
+    elif hits:
+        click.echo(render.hits(hits))
+    else:
+        click.echo("no matches", err=True)
+
+
+@cli.command()
+@click.option("--errors", is_flag=True, help="List the files that could not be indexed, with reasons.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, errors: bool, as_json: bool) -> None:
+    """Show what is indexed: images, model, index type, sizes, last update."""
+    with _library(ctx) as lib:
+        result: Any = lib.skipped() if errors else lib.status()
+    if as_json:
+        click.echo(render.to_json(result))
+    else:
+        click.echo(render.skipped(result) if errors else render.status(result))
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--defaults", is_flag=True, help="Print the documented default config.yaml.")
+@click.pass_context
+def config_cmd(ctx: click.Context, as_json: bool, defaults: bool) -> None:
+    """Print the effective settings and where each came from."""
+    from imgsearch.config import defaults_yaml, load_settings
+
+    if defaults:
+        click.echo(defaults_yaml(), nl=False)
+        return
+    settings = load_settings(ctx.obj["home"], ctx.obj["config"], ctx.obj["overrides"])
+    rows = [(k, v, src) for k, v, src in settings.items()]
+    if as_json:
+        click.echo(render.to_json({"home": str(settings.home), "settings": [
+            {"key": k, "value": v, "source": src} for k, v, src in rows
+        ]}))
+        return
+    click.echo(render.table([("home", str(settings.home))] + [(k, f"{v!r}  ({src})") for k, v, src in rows]))
+
+
+@cli.command()
+@click.argument("name", required=False)
+def models(name: str | None) -> None:
+    """List open_clip architectures, or the pretrained tags of NAME."""
+    import open_clip
+
+    if name:
+        click.echo("\n".join(open_clip.list_pretrained_tags_by_model(name)) or f"no pretrained tags for {name}")
+    else:
+        click.echo("\n".join(open_clip.list_models()))
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr fed by the core's progress events."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda event: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    columns = (
+        TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+    )
+    with Bar(*columns, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(event: Progress) -> None:
+            task = tasks.get(event.phase)
+            if task is None:
+                task = tasks[event.phase] = bar.add_task(event.phase, total=event.total, rate="")
+            speed = bar.tasks[task].speed
+            rate = f"{speed:.1f} files/s" if speed and event.phase == "embed" else ""
+            bar.update(task, completed=event.done, total=event.total, rate=rate)
+
+        yield on_progress
+
+
+def main() -> None:
+    cli(prog_name="imgsearch")

@@ -1,0 +1,266 @@
+"""Settings: one frozen object built from a declared registry.
+
+Precedence, highest first: flags (`--set section.key=value`), `IMGSEARCH_SECTION__KEY` environment
+variables, a config file (`--config PATH`, else `config.yaml` in the home folder), then the defaults
+declared here (and documented in the packaged `config.yaml`). Every value is validated once, with
+a message naming the key, the expected type and, for files, the line.
+
+The home folder holds all state (database, vector index, model cache): `IMGSEARCH_HOME`, else the
+user's data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgsearch.errors import ConfigError
+
+ENV_PREFIX = "IMGSEARCH_"
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = _opt("ViT-B-32", "open_clip architecture (`imgsearch models` lists them)")
+    pretrained: str = _opt(
+        "laion2b_s34b_b79k",
+        "a pretrained tag of model.name (fetched and cached on first use) or a local checkpoint file",
+    )
+    config_file: str = _opt("", "JSON open_clip model config for an architecture open_clip does not ship")
+    backend: str = _opt("open_clip", "embedding implementation", ("open_clip",))
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: str = _opt("auto", "auto (fp16 autocast on CUDA, fp32 on CPU), fp32 or fp16", ("auto", "fp32", "fp16"))
+    cache_dir: str = _opt("", "where downloaded weights are kept; empty: HOME/models")
+    download_timeout: float = _opt(5.0, "seconds to wait for the weights server before giving up")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    extensions: list[str] = _opt(
+        ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"],
+        "file extensions that are indexed (case-insensitive)",
+    )
+    exclude: list[str] = _opt(
+        [".*", "*.part", "*.crdownload", "*.tmp", "*~", "@eaDir", "#recycle"],
+        "file and folder name patterns that are never indexed (fnmatch)",
+    )
+    follow_symlinks: bool = _opt(True, "descend into symlinked folders (loops are detected)")
+    batch_size: int = _opt(32, "images per model call and per database transaction")
+    workers: int = _opt(0, "decode threads; 0: one per core")
+    prefetch: int = _opt(4, "batches decoded ahead of the model")
+    jpeg_draft: bool = _opt(True, "decode large JPEGs at reduced scale (much faster, same embedding)")
+    max_pixels: int = _opt(178_956_970, "images larger than this are skipped as decompression bombs")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    top_k: int = _opt(10, "results returned by default")
+    index_type: str = _opt("auto", "flat (exact), hnsw (approximate) or auto", ("auto", "flat", "hnsw"))
+    ann_threshold: int = _opt(250_000, "with index_type auto, use hnsw from this many images on")
+    hnsw_m: int = _opt(32, "HNSW graph degree")
+    hnsw_ef_construction: int = _opt(80, "HNSW build-time search depth")
+    hnsw_ef_search: int = _opt(128, "HNSW query-time search depth (higher: better recall, slower)")
+    faiss_gpu: str = _opt("auto", "search on the GPU with faiss-gpu: auto, on or off", ("auto", "on", "off"))
+
+
+SECTIONS: dict[str, type] = {"model": ModelSettings, "index": IndexSettings, "search": SearchSettings}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings, and where each value came from (`sources["model.name"]`)."""
+
+    home: Path
+    model: ModelSettings = field(default_factory=ModelSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / "imgsearch.db"
+
+    @property
+    def vector_index_path(self) -> Path:
+        return self.home / "vectors.faiss"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return Path(self.model.cache_dir).expanduser() if self.model.cache_dir else self.home / "models"
+
+    def items(self) -> Iterator[tuple[str, Any, str]]:
+        """(key, value, source) for every setting, in declaration order."""
+        for section in SECTIONS:
+            for f in dataclasses.fields(SECTIONS[section]):
+                key = f"{section}.{f.name}"
+                yield key, getattr(getattr(self, section), f.name), self.sources.get(key, "default")
+
+
+def registry() -> dict[str, dataclasses.Field[Any]]:
+    """Every declared setting by dotted key."""
+    return {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_PREFIX + "HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("imgsearch", appauthor=False))
+
+
+def load_settings(
+    home: Path | str | None = None,
+    config_path: Path | str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from all layers. Raises ConfigError on any bad key or value."""
+    environ = os.environ if environ is None else environ
+    home_path = Path(home).expanduser() if home else default_home()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    file = Path(config_path).expanduser() if config_path else home_path / "config.yaml"
+    if config_path and not file.is_file():
+        raise ConfigError(f"--config: no such file: {file}")
+    if file.is_file():
+        for key, (value, line) in _read_yaml(file).items():
+            values[key] = _coerce(key, value, f"{file}:{line}")
+            sources[key] = f"{file}:{line}"
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".", 1)
+            values[key] = _coerce(key, _parse_text(key, raw, f"environment {name}"), f"environment {name}")
+            sources[key] = f"env {name}"
+    for key, raw in (overrides or {}).items():
+        values[key] = _coerce(key, _parse_text(key, raw, "--set"), "--set")
+        sources[key] = "--set"
+    return _build(home_path, values, sources)
+
+
+def _build(home: Path, values: dict[str, Any], sources: dict[str, str]) -> Settings:
+    sections = {}
+    for section, cls in SECTIONS.items():
+        own = {k.split(".", 1)[1]: v for k, v in values.items() if k.split(".", 1)[0] == section}
+        sections[section] = cls(**own)
+    return Settings(home=home, sources=sources, **sections)
+
+
+def _field(key: str, where: str) -> dataclasses.Field[Any]:
+    f = registry().get(key)
+    if f is None:
+        known = ", ".join(sorted({k.split(".")[0] for k in registry()}))
+        raise ConfigError(f"{where}: unknown setting '{key}' (sections: {known}; `imgsearch config` lists all)")
+    return f
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[operator]
+
+
+def _type_name(default: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}[
+        type(default)
+    ]
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    f = _field(key, where)
+    default = _default_of(f)
+    expected = type(default)
+    ok = (
+        (expected is bool and isinstance(value, bool))
+        or (expected is int and isinstance(value, int) and not isinstance(value, bool))
+        or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (expected is str and isinstance(value, str))
+        or (expected is list and isinstance(value, list) and all(isinstance(v, str) for v in value))
+    )
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {_type_name(default)}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
+    if expected is int and value < 0:
+        raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
+    return float(value) if expected is float else value
+
+
+def _parse_text(key: str, raw: str, where: str) -> Any:
+    """Read an environment or flag string as the setting's type."""
+    default = _default_of(_field(key, where))
+    text = raw.strip()
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return text
+    if isinstance(default, int | float):
+        try:
+            return type(default)(text)
+        except ValueError:
+            return text
+    if isinstance(default, list):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return raw
+
+
+def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
+    """Flatten a two-level YAML mapping to {"section.key": (value, line)}."""
+    import yaml
+
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of sections")
+    out: dict[str, tuple[Any, int]] = {}
+    for section_node, body in root.value:
+        section = section_node.value
+        if section not in SECTIONS:
+            _field(f"{section}.?", f"{path}:{section_node.start_mark.line + 1}")
+        if not isinstance(body, yaml.MappingNode):
+            if isinstance(body, yaml.ScalarNode) and body.value in ("", "~", "null"):
+                continue
+            raise ConfigError(f"{path}:{body.start_mark.line + 1}: section '{section}' must be a mapping")
+        for key_node, value_node in body.value:
+            value = yaml.safe_load(yaml.serialize(value_node))
+            out[f"{section}.{key_node.value}"] = (value, key_node.start_mark.line + 1)
+    return out
+
+
+def defaults_yaml() -> str:
+    """The documented default config file, generated from the registry (the packaged config.yaml)."""
+    import yaml
+
+    lines = [
+        "# imgsearch settings. Copy to $IMGSEARCH_HOME/config.yaml (or pass --config) and edit.",
+        "# Any key can also be set as an environment variable: model.pretrained -> IMGSEARCH_MODEL__PRETRAINED.",
+    ]
+    for section, cls in SECTIONS.items():
+        lines.append("")
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            lines.append(f"  # {f.metadata['help']}")
+            rendered = yaml.safe_dump({f.name: _default_of(f)}, default_flow_style=True, width=1000).strip()
+            lines.append("  " + rendered[1:-1])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""Embedders: the protocol, and the registry of implementations by `model.backend`.
+
+torch and open_clip are imported only by the implementations, and only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from imgsearch.config import Settings
+
+
+class Embedder(Protocol):
+    """Turns images and texts into L2-normalised float32 vectors of one shared space."""
+
+    model_id: str
+    dim: int
+    input_size: int  # the model's square input side, for scaled decoding
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """CPU preprocessing of one RGB image to the model's input array. Thread-safe."""
+        ...
+
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a stack of `prepare` outputs: float32 [n, dim], unit length."""
+        ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _open_clip(settings: Settings) -> Embedder:
+    from imgsearch.embed.openclip import OpenClipEmbedder
+
+    return OpenClipEmbedder.from_settings(settings)
+
+
+def _open_clip_id(settings: Settings) -> str:
+    from imgsearch.embed.weights import model_id
+
+    return model_id(settings.model)
+
+
+# backend -> (loader, cheap model id without loading the model)
+BACKENDS: dict[str, tuple[Callable[[Settings], Embedder], Callable[[Settings], str]]] = {
+    "open_clip": (_open_clip, _open_clip_id),
+}
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    return BACKENDS[settings.model.backend][0](settings)
+
+
+def configured_model_id(settings: Settings) -> str:
+    """The id the configured model will report, computed without loading it."""
+    return BACKENDS[settings.model.backend][1](settings)

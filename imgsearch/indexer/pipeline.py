@@ -1,0 +1,367 @@
+"""reader (threads: read, hash, decode, preprocess) -> embed (batched) -> writer (one transaction a batch).
+
+Incremental and idempotent: a file whose (size, mtime) is unchanged is not read at all; a file whose
+content hash is already indexed is not embedded (a rename keeps its row and id, a copy gets the
+vector copied); only new content goes through the model. Each batch is committed on its own, so an
+interrupted run loses at most the batch in flight and the next run resumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection
+
+from imgsearch.config import IndexSettings, SearchSettings
+from imgsearch.embed import Embedder
+from imgsearch.errors import ImageDecodeError, InterruptedRun
+from imgsearch.indexer import images
+from imgsearch.indexer.scan import FileEntry, Scanner
+from imgsearch.store import sync
+from imgsearch.store.repository import NewImage, Store, StoredImage
+from imgsearch.store.vectors import FaissIndex
+from imgsearch.types import IndexReport, Progress, Skipped
+
+OnProgress = Callable[[Progress], None]
+
+
+@dataclass
+class Plan:
+    """The difference between the disk and the index under the roots."""
+
+    todo: list[tuple[FileEntry, StoredImage | None]] = field(default_factory=list)
+    unchanged: int = 0
+    known_bad: list[Skipped] = field(default_factory=list)
+    missing: dict[str, StoredImage] = field(default_factory=dict)
+    stale_skips: list[str] = field(default_factory=list)
+    scan_skips: list[Skipped] = field(default_factory=list)
+
+
+@dataclass
+class Read:
+    """One file after the reader stage. Exactly one of pixels / duplicates / touched / error / gone applies."""
+
+    entry: FileEntry
+    old: StoredImage | None
+    content_hash: str = ""
+    pixels: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+    duplicates: list[StoredImage] = field(default_factory=list)
+    touched: bool = False
+    error: str | None = None
+    gone: bool = False
+
+
+def plan(store: Store, roots: Sequence[str], scanner: Scanner, on_progress: OnProgress) -> Plan:
+    """Walk the roots and sort every file into unchanged / to do / known bad; what is indexed but gone is missing."""
+    result = Plan()
+    scanner.on_skip = lambda path, reason: result.scan_skips.append(Skipped(path, reason))
+    seen: set[str] = set()
+    with store.read() as conn:
+        for root in roots:
+            indexed = store.images_under(conn, root)
+            bad = store.skipped_under(conn, root)
+            for entry in scanner.scan(root):
+                if entry.path in seen:
+                    continue
+                seen.add(entry.path)
+                _sort(result, entry, indexed.get(entry.path), bad.get(entry.path))
+                if len(seen) % 500 == 0:
+                    on_progress(Progress("scan", len(seen)))
+            result.missing.update({p: row for p, row in indexed.items() if p not in seen})
+            result.stale_skips.extend(p for p in bad if p not in seen)
+    on_progress(Progress("scan", len(seen), len(seen)))
+    return result
+
+
+def _sort(result: Plan, entry: FileEntry, row: StoredImage | None, bad: tuple[int, int] | None) -> None:
+    if row is not None and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
+        result.unchanged += 1
+    elif bad is not None and bad == (entry.size, entry.mtime_ns):
+        result.known_bad.append(Skipped(entry.path, "unchanged since it failed before"))
+    else:
+        result.todo.append((entry, row))
+
+
+class LazyEmbedder:
+    """Loads the model on first use only, so a run with nothing new to embed never pays for it."""
+
+    def __init__(self, load: Callable[[], Embedder]):
+        self._load = load
+        self._lock = threading.Lock()
+        self._value: Embedder | None = None
+
+    def get(self) -> Embedder:
+        with self._lock:
+            if self._value is None:
+                self._value = self._load()
+            return self._value
+
+
+class Reader:
+    """Reads, hashes, decodes and preprocesses files on a thread pool, a bounded number ahead."""
+
+    def __init__(self, embedder: LazyEmbedder, settings: IndexSettings, lookup: Callable[[str], list[StoredImage]]):
+        self.embedder = embedder
+        self.settings = settings
+        self.lookup = lookup
+        self.workers = settings.workers or os.cpu_count() or 2
+
+    def read(self, item: tuple[FileEntry, StoredImage | None]) -> Read:
+        entry, old = item
+        try:
+            with open(entry.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            return Read(entry, old, gone=True)
+        except OSError as exc:
+            return Read(entry, old, error=f"cannot read file ({exc.strerror or exc})")
+        entry = FileEntry(entry.path, st.st_size, st.st_mtime_ns)
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        if old is not None and old.content_hash == digest:
+            return Read(entry, old, digest, touched=True)
+        duplicates = self.lookup(digest)
+        if duplicates:
+            return Read(entry, old, digest, duplicates=duplicates)
+        return self._decode(entry, old, digest, data)
+
+    def _decode(self, entry: FileEntry, old: StoredImage | None, digest: str, data: bytes) -> Read:
+        try:
+            embedder = self.embedder.get()
+            draft = embedder.input_size if self.settings.jpeg_draft else 0
+            image = images.decode(data, self.settings.max_pixels, draft)
+            pixels = embedder.prepare(image)
+        except ImageDecodeError as exc:
+            return Read(entry, old, digest, error=str(exc))
+        return Read(entry, old, digest, pixels=pixels, width=image.width, height=image.height)
+
+    def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[Read]:
+        """Results in completion order, with at most `prefetch` batches in flight."""
+        limit = max(self.workers, self.settings.prefetch * self.settings.batch_size)
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="imgsearch-read") as pool:
+            pending: set[cf.Future[Read]] = set()
+            try:
+                for item in items:
+                    pending.add(pool.submit(self.read, item))
+                    if len(pending) >= limit:
+                        done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                        yield from (f.result() for f in done)
+                for f in cf.as_completed(pending):
+                    yield f.result()
+            finally:
+                for f in pending:
+                    f.cancel()
+
+
+class Writer:
+    """Applies what the reader found to SQLite (one transaction a batch) and to the in-memory FAISS index."""
+
+    def __init__(
+        self, store: Store, index: FaissIndex | None, embedder: LazyEmbedder, plan: Plan, report: IndexReport
+    ):
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.plan = plan
+        self.report = report
+        self.batch: list[Read] = []
+        self.followers: dict[str, list[Read]] = {}
+        self.deferred: list[Read] = []
+        self.generation = store.generation()
+        self.index_stale = index is None
+
+    def accept(self, r: Read) -> None:
+        if r.pixels is None:
+            self.deferred.append(r)
+        elif r.content_hash in self.followers:
+            self.followers[r.content_hash].append(r)
+        else:
+            self.followers[r.content_hash] = []
+            self.batch.append(r)
+
+    def due(self, batch_size: int) -> bool:
+        return len(self.batch) >= batch_size or len(self.deferred) >= 4 * batch_size
+
+    def flush(self) -> None:
+        if not (self.batch or self.deferred):
+            return
+        batch, self.batch = self.batch, []
+        embedder = self.embedder.get() if batch else None
+        pixels = [r.pixels for r in batch if r.pixels is not None]
+        vectors = embedder.embed_prepared(np.stack(pixels)) if embedder else np.zeros(0)
+        removed: list[int] = []
+        added: list[tuple[int, np.ndarray]] = []
+        with self.store.write() as conn:
+            if embedder is not None:
+                self.store.claim_model(conn, embedder.model_id, embedder.dim)
+            for i, r in enumerate(batch):
+                image_id = self._write_embedded(conn, r, vectors[i], removed)
+                added.append((image_id, vectors[i]))
+                for copy in self.followers.pop(r.content_hash, []):
+                    added.append((self._write_copy(conn, copy, vectors[i], r, removed), vectors[i]))
+            for r in self.deferred:
+                self._write_deferred(conn, r, removed, added)
+            self.deferred = []
+            self.generation = self.store.bump_generation(conn)
+        self._apply(removed, added)
+
+    def finish(self) -> None:
+        """Flush the rest and remove what is gone from disk."""
+        self.flush()
+        gone = list(self.plan.missing.values())
+        if not (gone or self.plan.stale_skips):
+            return
+        with self.store.write() as conn:
+            self.store.delete_images(conn, [row.id for row in gone])
+            self.store.forget_skipped(conn, self.plan.stale_skips)
+            if gone:
+                self.generation = self.store.bump_generation(conn)
+        self.report.removed += len(gone)
+        self._apply([row.id for row in gone], [])
+
+    def _write_embedded(self, conn: Connection, r: Read, vector: np.ndarray, removed: list[int]) -> int:
+        self.report.embedded += 1
+        self.store.forget_skipped(conn, [r.entry.path])
+        new = _new_image(r, vector)
+        if r.old is not None:
+            self.store.replace_image(conn, r.old.id, new)
+            removed.append(r.old.id)
+            return r.old.id
+        return self.store.insert_image(conn, new)
+
+    def _write_copy(self, conn: Connection, r: Read, vector: np.ndarray, source: Read, removed: list[int]) -> int:
+        self.report.copied += 1
+        new = _new_image(r, vector, source.width, source.height)
+        self.store.forget_skipped(conn, [r.entry.path])
+        if r.old is not None:
+            self.store.replace_image(conn, r.old.id, new)
+            removed.append(r.old.id)
+            return r.old.id
+        return self.store.insert_image(conn, new)
+
+    def _write_deferred(
+        self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
+    ) -> None:
+        e = r.entry
+        if r.gone or r.error is not None:
+            if r.error is not None:
+                self.report.skipped.append(Skipped(e.path, r.error))
+                self.store.record_skipped(conn, e.path, e.size, e.mtime_ns, r.error)
+            if r.old is not None:  # it was indexed, and is now gone or unreadable: drop it at the end
+                self.plan.missing[e.path] = r.old
+        elif r.touched and r.old is not None:
+            self.report.touched += 1
+            self.store.move_image(conn, r.old.id, e.path, e.size, e.mtime_ns)
+        elif r.duplicates:
+            self._write_duplicate(conn, r, removed, added)
+
+    def _write_duplicate(
+        self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
+    ) -> None:
+        e = r.entry
+        self.store.forget_skipped(conn, [e.path])
+        moved = [d for d in r.duplicates if self.plan.missing.get(d.path) == d]
+        if moved:  # renamed: keep the row, its id and its vector
+            dup = moved[0]
+            del self.plan.missing[dup.path]
+            if r.old is not None:
+                self.store.delete_images(conn, [r.old.id])
+                removed.append(r.old.id)
+            self.store.move_image(conn, dup.id, e.path, e.size, e.mtime_ns)
+            self.report.renamed += 1
+            return
+        vector, width, height = self.store.embedding_of(conn, r.duplicates[0].id)
+        self.report.copied += 1
+        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector)
+        if r.old is not None:
+            self.store.replace_image(conn, r.old.id, new)
+            removed.append(r.old.id)
+            added.append((r.old.id, vector))
+        else:
+            added.append((self.store.insert_image(conn, new), vector))
+
+    def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
+        if self.index is None or self.index_stale:
+            return
+        if removed and not self.index.supports_remove:
+            self.index_stale = True  # rebuilt from SQLite at the end
+            return
+        self.index.remove(np.array(removed, dtype=np.int64))
+        if added:
+            ids = np.array([a[0] for a in added], dtype=np.int64)
+            self.index.add(ids, np.stack([a[1] for a in added]))
+
+
+def _new_image(r: Read, vector: np.ndarray, width: int = 0, height: int = 0) -> NewImage:
+    e = r.entry
+    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, r.width or width, r.height or height, vector)
+
+
+def run(
+    store: Store,
+    embedder: Callable[[], Embedder],
+    roots: Sequence[str],
+    settings: IndexSettings,
+    search: SearchSettings,
+    index_path: Path,
+    on_progress: OnProgress = lambda p: None,
+) -> IndexReport:
+    """Bring the index in line with the files under roots. The caller holds the writer lock."""
+    started = time.monotonic()
+    report = IndexReport()
+    scanner = Scanner(settings.extensions, settings.exclude, settings.follow_symlinks)
+    work = plan(store, roots, scanner, on_progress)
+    report.unchanged = work.unchanged
+    report.known_bad = len(work.known_bad)
+    report.skipped.extend(work.scan_skips)
+    loaded = sync.load(store, index_path, search) if store.count() else None
+    lazy = LazyEmbedder(embedder)
+    writer = Writer(store, loaded.index if loaded else None, lazy, work, report)
+    reader = Reader(lazy, settings, store.find_by_hash)
+    total = len(work.todo)
+    try:
+        for done, r in enumerate(reader.run(work.todo), start=1):
+            writer.accept(r)
+            if writer.due(settings.batch_size):
+                writer.flush()
+            on_progress(Progress("embed", done, total))
+        writer.finish()
+    except KeyboardInterrupt:
+        _save(store, index_path, search, writer, on_progress)
+        raise InterruptedRun(
+            f"interrupted: {report.embedded} images embedded and saved; run `imgsearch index` again to finish"
+        ) from None
+    _save(store, index_path, search, writer, on_progress)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _save(store: Store, path: Path, search: SearchSettings, writer: Writer, on_progress: OnProgress) -> None:
+    """Write the FAISS cache for what is committed: the in-memory one if still exact, else rebuilt."""
+    on_progress(Progress("save", 0, 1))
+    count = store.count()
+    if count == 0:
+        path.unlink(missing_ok=True)
+        return
+    index = writer.index
+    wanted = sync.choose_params(search, count).kind
+    if index is None or writer.index_stale or index.kind != wanted or len(index) != count:
+        loaded = sync.load(store, path, search)
+        index, generation = loaded.index, loaded.generation
+        if not loaded.rebuilt:
+            on_progress(Progress("save", 1, 1))
+            return
+    else:
+        generation = writer.generation
+    sync.save(store, path, index, generation)
+    on_progress(Progress("save", 1, 1))

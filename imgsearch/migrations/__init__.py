@@ -1,0 +1,1 @@
+"""Alembic environment and numbered revisions. Only imgsearch.store runs them."""

@@ -1,0 +1,1 @@
+"""Search: query parsing and combination, and ranking against the vector index."""

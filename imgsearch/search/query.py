@@ -1,0 +1,90 @@
+"""Queries: text, images, or weighted sums of both, as rclip writes them.
+
+    "2:golden retriever" + ./pool.jpg - fruit
+
+Terms are separated by ` + ` or ` - ` (with spaces, so "t-shirt" stays one term); a term may start
+with a weight `W:`; a term that names an existing image file is an image. The query vector is the
+weighted sum of the terms' unit embeddings, normalised again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgsearch.embed import Embedder
+from imgsearch.errors import ImageDecodeError, UsageError
+from imgsearch.indexer import images
+from imgsearch.types import QueryTerm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
+_SPLIT = re.compile(r"\s+([+-])\s+")
+_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(.+)$", re.DOTALL)
+
+
+def parse(text: str) -> list[QueryTerm]:
+    """Split a query string into signed, weighted terms. Raises UsageError on an empty term."""
+    text = text.strip()
+    sign = 1.0
+    if text[:2] in ("+ ", "- "):
+        sign, text = (-1.0 if text[0] == "-" else 1.0), text[2:]
+    parts = _SPLIT.split(text)
+    terms = [_term(parts[0], sign)]
+    for op, raw in zip(parts[1::2], parts[2::2], strict=True):
+        terms.append(_term(raw, -1.0 if op == "-" else 1.0))
+    return terms
+
+
+def _term(raw: str, sign: float) -> QueryTerm:
+    raw = raw.strip().strip("'\"").strip()
+    weight = 1.0
+    match = _WEIGHT.match(raw)
+    if match:
+        weight, raw = float(match.group(1)), match.group(2).strip().strip("'\"").strip()
+    if not raw:
+        raise UsageError("query: empty term (write terms like 'a cat + 2:sofa - dog')")
+    if _looks_like_image(raw):
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise UsageError(f"query: no such image file: {raw}")
+        return QueryTerm("image", str(path.resolve()), sign * weight)
+    return QueryTerm("text", raw, sign * weight)
+
+
+def _looks_like_image(raw: str) -> bool:
+    path = Path(raw).expanduser()
+    return path.suffix.lower() in IMAGE_SUFFIXES or (
+        raw.startswith(("/", "./", "../", "~")) and path.is_file()
+    )
+
+
+def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> np.ndarray:
+    """The unit query vector: the weighted sum of the terms' embeddings."""
+    if not terms:
+        raise UsageError("query: nothing to search for (give text, an image, or both)")
+    texts = [t for t in terms if t.kind == "text"]
+    pictures = [t for t in terms if t.kind == "image"]
+    parts = []
+    if texts:
+        parts.append((np.array([t.weight for t in texts]), embedder.embed_texts([t.value for t in texts])))
+    if pictures:
+        loaded = [_load(t.value, max_pixels) for t in pictures]
+        parts.append((np.array([t.weight for t in pictures]), embedder.embed_images(loaded)))
+    total = sum((w[:, None] * e).sum(axis=0) for w, e in parts)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise UsageError("query: the terms cancel out; nothing is left to search for")
+    return (total / norm).astype(np.float32)
+
+
+def _load(path: str, max_pixels: int) -> Image.Image:
+    try:
+        return images.decode(Path(path).read_bytes(), max_pixels)
+    except OSError as exc:
+        raise UsageError(f"query: cannot read image {path}: {exc.strerror}") from None
+    except ImageDecodeError as exc:
+        raise UsageError(f"query: cannot use image {path}: {exc}") from None

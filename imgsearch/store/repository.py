@@ -1,0 +1,303 @@
+"""All SQL lives here. SQLite in WAL mode; writes in BEGIN IMMEDIATE transactions; schema by Alembic.
+
+The database is the source of truth for vectors (float32 blobs) and records which model made them.
+A `generation` counter in `meta` goes up with every change to the set of vectors, so the FAISS
+cache can tell whether it is current.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from imgsearch.errors import ModelMismatchError, SchemaTooNewError, StoreError
+from imgsearch.store.schema import images, meta, roots, skipped
+from imgsearch.types import Skipped
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What the indexer needs to know about an indexed file to decide whether to embed it again."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """A row to write: a file's identity, its pixel size and its embedding."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+    vector: np.ndarray
+
+
+def prefix_range(root: str) -> tuple[str, str]:
+    """Bounds such that root/<anything> sorts inside [lo, hi): '/' is followed by '0' in byte order."""
+    base = root.rstrip("/")
+    return base + "/", base + "0"
+
+
+class Store:
+    """The SQLite database of one imgsearch home."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = _engine(path)
+        try:
+            _migrate(self.engine, path)
+        except DatabaseError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database {path}: {exc.orig}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # transactions
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction, taken with BEGIN IMMEDIATE so that writers queue instead of deadlocking."""
+        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # meta
+
+    def get_meta(self, key: str, conn: Connection | None = None) -> str | None:
+        if conn is None:
+            with self.read() as c:
+                return self.get_meta(key, c)
+        return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def set_meta(self, conn: Connection, key: str, value: str) -> None:
+        stmt = sqlite_insert(meta).values(key=key, value=value)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": value}))
+
+    def generation(self, conn: Connection | None = None) -> int:
+        return int(self.get_meta("generation", conn) or 0)
+
+    def bump_generation(self, conn: Connection) -> int:
+        new = self.generation(conn) + 1
+        self.set_meta(conn, "generation", str(new))
+        self.set_meta(conn, "updated_at", repr(time.time()))
+        return new
+
+    def model(self, conn: Connection | None = None) -> tuple[str | None, int | None]:
+        model_id, dim = self.get_meta("model_id", conn), self.get_meta("dim", conn)
+        return model_id, int(dim) if dim else None
+
+    def claim_model(self, conn: Connection, model_id: str, dim: int) -> None:
+        """Record the model on first write; refuse a different one afterwards."""
+        current, current_dim = self.model(conn)
+        if current is None or self.count(conn) == 0:
+            self.set_meta(conn, "model_id", model_id)
+            self.set_meta(conn, "dim", str(dim))
+        elif current != model_id or current_dim != dim:
+            raise mismatch(current, model_id)
+
+    # images
+
+    def count(self, conn: Connection | None = None) -> int:
+        if conn is None:
+            with self.read() as c:
+                return self.count(c)
+        return int(conn.execute(select(func.count()).select_from(images)).scalar_one())
+
+    def images_under(self, conn: Connection, root: str) -> dict[str, StoredImage]:
+        lo, hi = prefix_range(root)
+        cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash)
+        stmt = select(*cols).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == root))
+        return {r.path: StoredImage(*r) for r in conn.execute(stmt)}
+
+    def find_by_hash(self, content_hash: str) -> list[StoredImage]:
+        """Every image with this content (thread-safe: each thread gets its own pooled connection)."""
+        cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash)
+        with self.read() as conn:
+            rows = conn.execute(select(*cols).where(images.c.content_hash == content_hash).order_by(images.c.id))
+            return [StoredImage(*row) for row in rows]
+
+    def embedding_of(self, conn: Connection, image_id: int) -> tuple[np.ndarray, int, int]:
+        """(vector, width, height) of an indexed image, to copy onto a duplicate file."""
+        stmt = select(images.c.vector, images.c.width, images.c.height).where(images.c.id == image_id)
+        row = conn.execute(stmt).one()
+        return np.frombuffer(row.vector, dtype="<f4").copy(), int(row.width), int(row.height)
+
+    def insert_image(self, conn: Connection, new: NewImage) -> int:
+        values = _row_values(new)
+        return int(conn.execute(insert(images).values(**values).returning(images.c.id)).scalar_one())
+
+    def replace_image(self, conn: Connection, image_id: int, new: NewImage) -> None:
+        conn.execute(update(images).where(images.c.id == image_id).values(**_row_values(new)))
+
+    def move_image(self, conn: Connection, image_id: int, path: str, size: int, mtime_ns: int) -> None:
+        stmt = update(images).where(images.c.id == image_id).values(path=path, size=size, mtime_ns=mtime_ns)
+        conn.execute(stmt)
+
+    def delete_images(self, conn: Connection, ids: Sequence[int]) -> None:
+        for chunk in _chunks(list(ids), 500):
+            conn.execute(delete(images).where(images.c.id.in_(chunk)))
+
+    def all_vectors(self, conn: Connection | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64[n], vectors float32[n, dim]) of every indexed image."""
+        if conn is None:
+            with self.read() as c:
+                return self.all_vectors(c)
+        rows = conn.execute(select(images.c.id, images.c.vector).order_by(images.c.id)).all()
+        _, dim = self.model(conn)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, dim or 0), dtype=np.float32)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return ids, vectors.astype(np.float32, copy=False)
+
+    def ids_under(self, root: str) -> np.ndarray:
+        lo, hi = prefix_range(root)
+        stmt = select(images.c.id).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == root))
+        with self.read() as conn:
+            return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
+
+    def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        with self.read() as conn:
+            for chunk in _chunks(list(ids), 500):
+                out.update(conn.execute(select(images.c.id, images.c.path).where(images.c.id.in_(chunk))).all())
+        return out
+
+    # skipped files
+
+    def skipped_under(self, conn: Connection, root: str) -> dict[str, tuple[int, int]]:
+        lo, hi = prefix_range(root)
+        where = ((skipped.c.path >= lo) & (skipped.c.path < hi)) | (skipped.c.path == root)
+        rows = conn.execute(select(skipped.c.path, skipped.c.size, skipped.c.mtime_ns).where(where))
+        return {r.path: (r.size, r.mtime_ns) for r in rows}
+
+    def record_skipped(self, conn: Connection, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        values = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason, "seen_at": time.time()}
+        stmt = sqlite_insert(skipped).values(**values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[skipped.c.path], set_=values))
+
+    def forget_skipped(self, conn: Connection, paths: Iterable[str]) -> None:
+        for chunk in _chunks(list(paths), 500):
+            conn.execute(delete(skipped).where(skipped.c.path.in_(chunk)))
+
+    def skipped_files(self) -> list[Skipped]:
+        with self.read() as conn:
+            rows = conn.execute(select(skipped.c.path, skipped.c.reason).order_by(skipped.c.path)).all()
+        return [Skipped(path=r.path, reason=r.reason) for r in rows]
+
+    def skipped_count(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(skipped)).scalar_one())
+
+    # roots
+
+    def add_roots(self, conn: Connection, paths: Iterable[str]) -> None:
+        for p in paths:
+            stmt = sqlite_insert(roots).values(path=p, added_at=time.time()).on_conflict_do_nothing()
+            conn.execute(stmt)
+
+    def roots(self) -> list[str]:
+        with self.read() as conn:
+            return list(conn.execute(select(roots.c.path).order_by(roots.c.path)).scalars())
+
+    def clear_images(self, conn: Connection) -> None:
+        """Forget every vector (for a rebuild with another model); roots are kept."""
+        conn.execute(delete(images))
+        conn.execute(delete(skipped))
+        conn.execute(delete(meta).where(meta.c.key.in_(["model_id", "dim"])))
+
+
+def mismatch(indexed: str, configured: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the index was built with model {indexed}, but the settings select {configured}: "
+        "set model.name/model.pretrained back, or run `imgsearch index --rebuild` to re-embed everything"
+    )
+
+
+def _row_values(new: NewImage) -> dict[str, Any]:
+    return {
+        "path": new.path,
+        "size": new.size,
+        "mtime_ns": new.mtime_ns,
+        "content_hash": new.content_hash,
+        "width": new.width,
+        "height": new.height,
+        "vector": np.ascontiguousarray(new.vector, dtype="<f4").tobytes(),
+        "indexed_at": time.time(),
+    }
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _engine(path: Path) -> Engine:
+    # Reader threads look up content hashes concurrently: one pooled connection each.
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60}, pool_size=8, max_overflow=32)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own handling is deferred-only).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+
+    return engine
+
+
+def _migrate(engine: Engine, path: Path) -> None:
+    """Bring the schema to head; refuse a database written by a newer imgsearch."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(config)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current == script.get_current_head():
+        return
+    if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+        raise SchemaTooNewError(
+            f"the database {path} was written by a newer imgsearch (schema {current}): upgrade imgsearch"
+        )
+    try:
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise StoreError(f"cannot upgrade the database {path}: {exc.orig}") from None

@@ -1,0 +1,75 @@
+"""Plain data that crosses layers: results, reports, progress. No behaviour beyond formatting helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an indexed image and its similarity to the query (cosine, -1..1)."""
+
+    id: int
+    path: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that could not be indexed, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexReport:
+    """What an index run did. `embedded` counts images that went through the model."""
+
+    embedded: int = 0
+    renamed: int = 0
+    copied: int = 0
+    touched: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    known_bad: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total_images(self) -> int:
+        return self.embedded + self.renamed + self.copied + self.touched + self.unchanged
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event from a long operation. `total` is None while it is still unknown."""
+
+    phase: str  # "scan" | "embed" | "save"
+    done: int
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One term of a combined query: text or an image path, with a signed weight."""
+
+    kind: str  # "text" | "image"
+    value: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Status:
+    """What `imgsearch status` shows."""
+
+    home: str
+    images: int
+    skipped: int
+    model_id: str | None
+    dim: int | None
+    index_type: str
+    database_bytes: int
+    index_bytes: int
+    updated_at: float | None
+    roots: tuple[str, ...]
