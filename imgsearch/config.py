@@ -68,8 +68,8 @@ class SearchSettings:
     index_type: str = _opt("auto", "flat (exact), hnsw (approximate) or auto", ("auto", "flat", "hnsw"))
     ann_threshold: int = _opt(250_000, "with index_type auto, use hnsw from this many images on")
     hnsw_m: int = _opt(32, "HNSW graph degree")
-    hnsw_ef_construction: int = _opt(80, "HNSW build-time search depth")
-    hnsw_ef_search: int = _opt(128, "HNSW query-time search depth (higher: better recall, slower)")
+    hnsw_ef_construction: int = _opt(200, "HNSW build-time search depth")
+    hnsw_ef_search: int = _opt(256, "HNSW query-time search depth (higher: better recall, slower)")
     faiss_gpu: str = _opt("auto", "search on the GPU with faiss-gpu: auto, on or off", ("auto", "on", "off"))
 
 

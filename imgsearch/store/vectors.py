@@ -41,8 +41,8 @@ class VectorIndex(Protocol):
 class IndexParams:
     kind: str = "flat"  # "flat" | "hnsw"
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 256
     use_gpu: bool = False
 
 
