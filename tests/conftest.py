@@ -15,10 +15,10 @@ from pathlib import Path
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-import pytest  # noqa: E402
+import pytest
 
-from imgsearch import Library, load_settings  # noqa: E402
-from tests import tinyclip  # noqa: E402
+from imgsearch import Library, load_settings
+from tests import tinyclip
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

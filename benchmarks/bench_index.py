@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Indexing throughput: (a) the model alone on preprocessed tensors, (b) the whole pipeline on a folder of
+camera-sized JPEGs (read, hash, decode, preprocess, embed, write), same model and batch size; and b/a.
+
+    python benchmarks/bench_index.py                       # random-init ViT-B-32, 48 12-MP JPEGs made from samples/
+    python benchmarks/bench_index.py --folder ~/Pictures --checkpoint /path/model.safetensors --model ViT-B-32
+
+Weights do not change speed, so a random-init checkpoint of the real architecture is made when none is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def make_folder(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(p for p in SAMPLES.iterdir() if p.suffix == ".jpg")
+    for i in range(count):
+        path = folder / f"photo-{i:04d}.jpg"
+        if not path.exists():
+            image = Image.open(sources[i % len(sources)]).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+            image.rotate(i % 7, expand=False).save(path, quality=90)  # distinct content per file
+    return folder
+
+
+def make_checkpoint(model: str, path: Path) -> Path:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    if not path.exists():
+        torch.manual_seed(0)
+        state = open_clip.create_model(model).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def model_only(embedder, count: int, batch: int) -> float:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(0).standard_normal((batch, 3, embedder.input_size, embedder.input_size))
+    x = x.astype(np.float32)
+    embedder.embed_prepared(x[:2])  # warm-up
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        n = min(batch, count - done)
+        embedder.embed_prepared(x[:n])
+        done += n
+    return count / (time.perf_counter() - started)
+
+
+def pipeline(embedder, settings, folder: Path) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    from imgsearch import Library
+
+    with Library(settings, embedder=embedder) as lib:
+        started = time.perf_counter()
+        report = lib.index([folder])
+        seconds = time.perf_counter() - started
+    return report.embedded / seconds, report.embedded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--checkpoint", type=Path, help="default: a random-init checkpoint made in the work folder")
+    ap.add_argument("--folder", type=Path, help="default: COUNT synthetic camera-sized JPEGs made from samples/")
+    ap.add_argument("--count", type=int, default=48)
+    ap.add_argument("--size", default="4000x3000", help="pixel size of the generated JPEGs")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imgsearch-bench")
+    args = ap.parse_args()
+
+    from imgsearch import load_settings
+    from imgsearch.embed import load_embedder
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    width, height = (int(v) for v in args.size.split("x"))
+    folder = args.folder or make_folder(args.work / f"jpegs-{args.size}", args.count, (width, height))
+    checkpoint = args.checkpoint or make_checkpoint(args.model, args.work / f"{args.model}-randinit.safetensors")
+    overrides = {
+        "model.name": args.model,
+        "model.pretrained": str(checkpoint),
+        "index.batch_size": str(args.batch),
+        "index.workers": str(args.workers),
+    }
+    with tempfile.TemporaryDirectory() as home:
+        settings = load_settings(home, overrides=overrides, environ={})
+        embedder = load_embedder(settings)
+        files = sum(1 for p in folder.rglob("*") if p.is_file())
+        a = model_only(embedder, min(files, args.count) if not args.folder else files, args.batch)
+        b, n = pipeline(embedder, settings, folder)
+    print(f"model {args.model}  batch {args.batch}  cores {os.cpu_count()}  device {embedder.device}")
+    print(f"folder {folder}  images {n}")
+    print(f"(a) model only       {a:7.2f} images/s")
+    print(f"(b) whole pipeline   {b:7.2f} images/s")
+    print(f"ratio b/a            {b / a:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

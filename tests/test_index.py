@@ -1,0 +1,161 @@
+"""Incremental indexing with the tiny trained model: no-op, change, delete, rename, copy, bad files,
+model mismatch, an interrupted run resuming, and the FAISS cache agreeing with SQLite afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch import Library, load_settings
+from imgsearch.errors import BusyError, InterruptedRun, ModelMismatchError, UsageError
+from imgsearch.store import sync
+from imgsearch.types import Progress
+from tests import tinyclip
+from tests.conftest import tiny_overrides
+
+
+def faiss_ids(lib: Library) -> set[int]:
+    loaded = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
+    assert not loaded.rebuilt, "the index run should leave a current FAISS file behind"
+    _, ids = loaded.index.search(np.ones(loaded.index.dim, np.float32), len(loaded.index))
+    return set(ids[0].tolist())
+
+
+def sqlite_ids(lib: Library) -> set[int]:
+    return set(lib.store.all_vectors()[0].tolist())
+
+
+def test_first_run_indexes_everything_and_second_run_embeds_nothing(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    first = lib.index([folder])
+    assert first.embedded == len(labels) and not first.skipped
+    assert lib.store.count() == len(labels)
+    assert faiss_ids(lib) == sqlite_ids(lib)
+    second = lib.index([folder])
+    assert (second.embedded, second.unchanged, second.removed) == (0, len(labels), 0)
+
+
+def test_changed_deleted_renamed_and_copied_files(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    ids_before = {p: i for i, p in lib.store.paths_of(sqlite_ids(lib)).items()}
+    paths = sorted(labels)
+    changed, deleted, renamed = Path(paths[0]), Path(paths[1]), Path(paths[2])
+    tinyclip.draw("blue", "square", __import__("random").Random(99)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    deleted.unlink()
+    new_name = renamed.with_name("renamed.png")
+    renamed.rename(new_name)
+    (folder / "copies").mkdir()
+    shutil.copy(paths[3], folder / "copies" / "copy.png")
+
+    report = lib.index([folder])
+    assert (report.embedded, report.removed, report.renamed, report.copied) == (1, 1, 1, 1)
+    now = {p: i for i, p in lib.store.paths_of(sqlite_ids(lib)).items()}
+    assert now[str(new_name)] == ids_before[str(renamed)], "a rename keeps the row and its id"
+    assert now[str(changed)] == ids_before[str(changed)]
+    assert str(deleted) not in now
+    assert faiss_ids(lib) == sqlite_ids(lib)
+    ids, vecs = lib.store.all_vectors()
+    by_id = dict(zip(ids.tolist(), vecs, strict=True))
+    np.testing.assert_array_equal(by_id[now[str(folder / "copies" / "copy.png")]], by_id[now[paths[3]]])
+
+
+def test_touched_file_is_not_re_embedded(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    os.utime(sorted(labels)[0], ns=(5, 5))
+    report = lib.index([folder])
+    assert (report.embedded, report.touched) == (0, 1)
+
+
+def test_bad_files_are_recorded_and_do_not_stop_the_run(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello")
+    good = sorted(labels)[0]
+    (folder / "truncated.png").write_bytes(Path(good).read_bytes()[:60])
+    os.mkfifo(folder / "fifo.jpg")
+    report = lib.index([folder])
+    assert report.embedded == len(labels)
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
+    assert set(reasons) == {"empty.jpg", "text.jpg", "truncated.png", "fifo.jpg"}
+    assert reasons["text.jpg"].startswith("not an image")
+    assert {Path(s.path).name for s in lib.skipped()} == {"empty.jpg", "text.jpg", "truncated.png"}
+    again = lib.index([folder])
+    assert again.embedded == 0 and again.known_bad == 3
+    (folder / "text.jpg").unlink()
+    lib.index([folder])
+    assert "text.jpg" not in {Path(s.path).name for s in lib.skipped()}
+
+
+def test_interrupted_run_keeps_committed_batches_and_resumes(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+
+    def stop_after_two_batches(event: Progress) -> None:
+        if event.phase == "embed" and event.done == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRun, match="run `imgsearch index` again"):
+        lib.index([folder], on_progress=stop_after_two_batches)
+    committed = lib.store.count()
+    assert 8 <= committed < len(labels)
+    resumed = lib.index([folder])
+    assert resumed.embedded == len(labels) - committed and resumed.unchanged == committed
+    assert lib.store.count() == len(labels)
+    assert faiss_ids(lib) == sqlite_ids(lib)
+
+
+def test_index_built_with_another_model_is_refused(lib: Library, shapes, home: Path, vitb32_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = shapes
+    lib.index([folder])
+    other = Library(load_settings(home, overrides={"model.pretrained": str(vitb32_checkpoint)}))
+    with pytest.raises(ModelMismatchError, match="--rebuild"):
+        other.index([folder])
+    with pytest.raises(ModelMismatchError):
+        other.query("a red circle")
+    assert lib.store.count() > 0
+
+
+def test_rebuild_re_embeds_everything(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    report = lib.index([folder], rebuild=True)
+    assert report.embedded == len(labels)
+
+
+def test_missing_folder_is_a_usage_error_and_loses_nothing(lib: Library, shapes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    with pytest.raises(UsageError, match="no such file or folder"):
+        lib.index([tmp_path / "nope"])
+    assert lib.store.count() == len(labels)
+
+
+def test_index_without_paths_rescans_known_folders(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    with pytest.raises(UsageError, match="no folder given"):
+        lib.index()
+    lib.index([folder])
+    Path(sorted(labels)[0]).unlink()
+    assert lib.index().removed == 1
+
+
+def test_second_writer_is_refused(lib: Library, shapes, home: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = shapes
+    other = Library(load_settings(home, overrides=tiny_overrides(tiny)), embedder=lib.embedder)
+    with lib._writer_lock(), pytest.raises(BusyError, match="being indexed by pid"):
+        other.index([folder])
+
+
+def test_deleted_faiss_file_is_rebuilt_for_queries(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = shapes
+    lib.index([folder])
+    lib.settings.vector_index_path.unlink()
+    fresh = Library(lib.settings, embedder=lib.embedder)
+    assert fresh.query("a red circle", k=3)
+    assert lib.settings.vector_index_path.exists(), "the rebuilt cache is saved when no writer is busy"
