@@ -16,7 +16,7 @@ PACKAGED = Path(__file__).resolve().parent.parent / "imgsearch" / "config.yaml"
 
 
 def test_packaged_config_yaml_documents_exactly_the_defaults(tmp_path: Path) -> None:
-    assert PACKAGED.read_text() == defaults_yaml(), "regenerate imgsearch/config.yaml with `imgsearch config --defaults`"
+    assert PACKAGED.read_text() == defaults_yaml(), "regenerate: imgsearch config --defaults > imgsearch/config.yaml"
     from_file = load_settings(tmp_path, config_path=PACKAGED, environ={})
     assert from_file.model == load_settings(tmp_path, environ={}).model
     assert from_file.index == load_settings(tmp_path, environ={}).index

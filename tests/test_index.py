@@ -159,3 +159,19 @@ def test_deleted_faiss_file_is_rebuilt_for_queries(lib: Library, shapes) -> None
     fresh = Library(lib.settings, embedder=lib.embedder)
     assert fresh.query("a red circle", k=3)
     assert lib.settings.vector_index_path.exists(), "the rebuilt cache is saved when no writer is busy"
+
+
+def test_copies_within_one_run_are_embedded_once(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    source = sorted(labels)[0]
+    for i in range(12):  # more copies than a batch, so some arrive after their twin was committed
+        shutil.copy(source, folder / f"copy-{i:02d}.png")
+    report = lib.index([folder])
+    assert report.embedded == len(labels)
+    assert report.copied == 12
+    ids, vecs = lib.store.all_vectors()
+    paths = lib.store.paths_of(ids.tolist())
+    by_path = {paths[i]: v for i, v in zip(ids.tolist(), vecs, strict=True)}
+    for i in range(12):
+        np.testing.assert_array_equal(by_path[str(folder / f"copy-{i:02d}.png")], by_path[source])
+    assert faiss_ids(lib) == sqlite_ids(lib)

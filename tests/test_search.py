@@ -81,9 +81,9 @@ def test_query_on_empty_index_says_so(lib: Library) -> None:
     [
         ("old teacher at blackboard", [QueryTerm("text", "old teacher at blackboard", 1.0)]),
         ("t-shirt + hat", [QueryTerm("text", "t-shirt", 1.0), QueryTerm("text", "hat", 1.0)]),
-        ('"2:golden retriever" - fruit', [QueryTerm("text", "golden retriever", 2.0), QueryTerm("text", "fruit", -1.0)]),
+        ('"2:golden retriever" - fruit', [QueryTerm("text", "golden retriever", 2.0), QueryTerm("text", "fruit", -1)]),
         ("- night + 0.5:day", [QueryTerm("text", "night", -1.0), QueryTerm("text", "day", 0.5)]),
-        ("10:00 meeting", [QueryTerm("text", "00 meeting", 10.0)]),
+        ("10:00 meeting", [QueryTerm("text", "10:00 meeting", 1.0)]),
     ],
 )
 def test_query_parsing(text: str, terms: list[QueryTerm]) -> None:
@@ -94,7 +94,7 @@ def test_query_parsing_of_images_and_errors(tmp_path: Path) -> None:
     pic = tmp_path / "pool.jpg"
     pic.write_bytes(b"x")
     assert parse(f"dog + {pic}")[1] == QueryTerm("image", str(pic), 1.0)
-    with pytest.raises(UsageError, match="no such image file: missing.jpg"):
+    with pytest.raises(UsageError, match=r"no such image file: missing\.jpg"):
         parse("dog + missing.jpg")
     with pytest.raises(UsageError, match="empty term"):
         parse("dog + ''")

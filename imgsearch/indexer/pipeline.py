@@ -179,8 +179,12 @@ class Writer:
         self.deferred: list[Read] = []
         self.generation = store.generation()
         self.index_stale = index is None
+        self.embedded_hashes: set[str] = set()
 
     def accept(self, r: Read) -> None:
+        if r.pixels is not None and r.content_hash in self.embedded_hashes:
+            # Its twin was embedded and committed after this file's reader looked: copy, don't embed again.
+            r.duplicates, r.pixels = self.store.find_by_hash(r.content_hash), None
         if r.pixels is None:
             self.deferred.append(r)
         elif r.content_hash in self.followers:
@@ -205,10 +209,13 @@ class Writer:
             if embedder is not None:
                 self.store.claim_model(conn, embedder.model_id, embedder.dim)
             for i, r in enumerate(batch):
-                image_id = self._write_embedded(conn, r, vectors[i], removed)
-                added.append((image_id, vectors[i]))
+                self.report.embedded += 1
+                added.append((self._upsert(conn, r, _new_image(r, vectors[i]), removed), vectors[i]))
                 for copy in self.followers.pop(r.content_hash, []):
-                    added.append((self._write_copy(conn, copy, vectors[i], r, removed), vectors[i]))
+                    self.report.copied += 1
+                    new = _new_image(copy, vectors[i], r.width, r.height)
+                    added.append((self._upsert(conn, copy, new, removed), vectors[i]))
+                self.embedded_hashes.add(r.content_hash)
             for r in self.deferred:
                 self._write_deferred(conn, r, removed, added)
             self.deferred = []
@@ -229,25 +236,14 @@ class Writer:
         self.report.removed += len(gone)
         self._apply([row.id for row in gone], [])
 
-    def _write_embedded(self, conn: Connection, r: Read, vector: np.ndarray, removed: list[int]) -> int:
-        self.report.embedded += 1
+    def _upsert(self, conn: Connection, r: Read, new: NewImage, removed: list[int]) -> int:
+        """Write a file's row: in place (same id) if the path was indexed before, else a new row."""
         self.store.forget_skipped(conn, [r.entry.path])
-        new = _new_image(r, vector)
-        if r.old is not None:
-            self.store.replace_image(conn, r.old.id, new)
-            removed.append(r.old.id)
-            return r.old.id
-        return self.store.insert_image(conn, new)
-
-    def _write_copy(self, conn: Connection, r: Read, vector: np.ndarray, source: Read, removed: list[int]) -> int:
-        self.report.copied += 1
-        new = _new_image(r, vector, source.width, source.height)
-        self.store.forget_skipped(conn, [r.entry.path])
-        if r.old is not None:
-            self.store.replace_image(conn, r.old.id, new)
-            removed.append(r.old.id)
-            return r.old.id
-        return self.store.insert_image(conn, new)
+        if r.old is None:
+            return self.store.insert_image(conn, new)
+        self.store.replace_image(conn, r.old.id, new)
+        removed.append(r.old.id)
+        return r.old.id
 
     def _write_deferred(
         self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
@@ -269,11 +265,11 @@ class Writer:
         self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
     ) -> None:
         e = r.entry
-        self.store.forget_skipped(conn, [e.path])
         moved = [d for d in r.duplicates if self.plan.missing.get(d.path) == d]
         if moved:  # renamed: keep the row, its id and its vector
             dup = moved[0]
             del self.plan.missing[dup.path]
+            self.store.forget_skipped(conn, [e.path])
             if r.old is not None:
                 self.store.delete_images(conn, [r.old.id])
                 removed.append(r.old.id)
@@ -283,12 +279,7 @@ class Writer:
         vector, width, height = self.store.embedding_of(conn, r.duplicates[0].id)
         self.report.copied += 1
         new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector)
-        if r.old is not None:
-            self.store.replace_image(conn, r.old.id, new)
-            removed.append(r.old.id)
-            added.append((r.old.id, vector))
-        else:
-            added.append((self.store.insert_image(conn, new), vector))
+        added.append((self._upsert(conn, r, new, removed), vector))
 
     def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
         if self.index is None or self.index_stale:

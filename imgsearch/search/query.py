@@ -23,7 +23,7 @@ from imgsearch.types import QueryTerm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
 _SPLIT = re.compile(r"\s+([+-])\s+")
-_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(.+)$", re.DOTALL)
+_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(?!\d)(.+)$", re.DOTALL)  # "10:00 meeting" is no weight
 
 
 def parse(text: str) -> list[QueryTerm]:
