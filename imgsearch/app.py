@@ -1,10 +1,10 @@
 """Use cases: index, query, status. Builds the parts from Settings; everything the CLI does is here.
 
-    >>> from imgsearch import Library
-    >>> lib = Library.open()                      # IMGSEARCH_HOME, config.yaml, environment
-    >>> report = lib.index(["~/Pictures"])
-    >>> for hit in lib.query("old teacher at blackboard", k=5):
-    ...     print(hit.score, hit.path)
+>>> from imgsearch import Library
+>>> lib = Library.open()                      # IMGSEARCH_HOME, config.yaml, environment
+>>> report = lib.index(["~/Pictures"])
+>>> for hit in lib.query("old teacher at blackboard", k=5):
+...     print(hit.score, hit.path)
 """
 
 from __future__ import annotations
@@ -97,8 +97,13 @@ class Library:
                     self.store.bump_generation(conn)
                 self.store.add_roots(conn, roots)
             report = pipeline.run(
-                self.store, lambda: self.embedder, roots, self.settings.index, self.settings.search,
-                self.settings.vector_index_path, on_progress,
+                self.store,
+                lambda: self.embedder,
+                roots,
+                self.settings.index,
+                self.settings.search,
+                self.settings.vector_index_path,
+                on_progress,
             )
         self._index = None
         return report

@@ -94,7 +94,11 @@ def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 @click.pass_context
 def query(
-    ctx: click.Context, terms: tuple[str, ...], top: int | None, images: tuple[str, ...], path_prefix: str | None,
+    ctx: click.Context,
+    terms: tuple[str, ...],
+    top: int | None,
+    images: tuple[str, ...],
+    path_prefix: str | None,
     as_json: bool,
 ) -> None:
     """Find images matching TERMS: text, image paths, or weighted sums.
@@ -142,9 +146,11 @@ def config_cmd(ctx: click.Context, as_json: bool, defaults: bool) -> None:
     settings = load_settings(ctx.obj["home"], ctx.obj["config"], ctx.obj["overrides"])
     rows = [(k, v, src) for k, v, src in settings.items()]
     if as_json:
-        click.echo(render.to_json({"home": str(settings.home), "settings": [
-            {"key": k, "value": v, "source": src} for k, v, src in rows
-        ]}))
+        click.echo(
+            render.to_json(
+                {"home": str(settings.home), "settings": [{"key": k, "value": v, "source": src} for k, v, src in rows]}
+            )
+        )
         return
     click.echo(render.table([("home", str(settings.home))] + [(k, f"{v!r}  ({src})") for k, v, src in rows]))
 
@@ -171,8 +177,11 @@ def _progress(quiet: bool) -> Iterator[Any]:
     from rich.progress import Progress as Bar
 
     columns = (
-        TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
     )
     with Bar(*columns, transient=True) as bar:
         tasks: dict[str, Any] = {}

@@ -140,7 +140,7 @@ def load_settings(
             sources[key] = f"{file}:{line}"
     for name, raw in environ.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
-            key = name[len(ENV_PREFIX):].lower().replace("__", ".", 1)
+            key = name[len(ENV_PREFIX) :].lower().replace("__", ".", 1)
             values[key] = _coerce(key, _parse_text(key, raw, f"environment {name}"), f"environment {name}")
             sources[key] = f"env {name}"
     for key, raw in (overrides or {}).items():

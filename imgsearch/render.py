@@ -55,7 +55,7 @@ def status(s: Status) -> str:
 
 
 def skipped(items: Iterable[Skipped]) -> str:
-    return "\n".join(f"{s.path}\t{s.reason}" for s in items)
+    return "\n".join(f"{s.path}\t{s.reason}" for s in items) or "no skipped files"
 
 
 def table(rows: Sequence[tuple[str, str]]) -> str:

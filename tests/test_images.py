@@ -30,6 +30,7 @@ def gradient(w: int = 64, h: int = 48) -> Image.Image:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims huge dimensions: the signature and IHDR of a decompression bomb."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

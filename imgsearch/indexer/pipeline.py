@@ -166,9 +166,7 @@ class Reader:
 class Writer:
     """Applies what the reader found to SQLite (one transaction a batch) and to the in-memory FAISS index."""
 
-    def __init__(
-        self, store: Store, index: FaissIndex | None, embedder: LazyEmbedder, plan: Plan, report: IndexReport
-    ):
+    def __init__(self, store: Store, index: FaissIndex | None, embedder: LazyEmbedder, plan: Plan, report: IndexReport):
         self.store = store
         self.index = index
         self.embedder = embedder

@@ -57,9 +57,7 @@ def _term(raw: str, sign: float) -> QueryTerm:
 
 def _looks_like_image(raw: str) -> bool:
     path = Path(raw).expanduser()
-    return path.suffix.lower() in IMAGE_SUFFIXES or (
-        raw.startswith(("/", "./", "../", "~")) and path.is_file()
-    )
+    return path.suffix.lower() in IMAGE_SUFFIXES or (raw.startswith(("/", "./", "../", "~")) and path.is_file())
 
 
 def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> np.ndarray:

@@ -253,7 +253,7 @@ def _row_values(new: NewImage) -> dict[str, Any]:
 
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _engine(path: Path) -> Engine:

@@ -76,9 +76,7 @@ class FaissIndex:
         self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
         self._gpu = None
 
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores[q, k], ids[q, k]) best first; ids are -1 where fewer than k vectors qualify."""
         queries = _f32(np.atleast_2d(queries))
         k = max(1, min(k, len(self)))
