@@ -60,6 +60,8 @@ def model_only(embedder, count: int, batch: int) -> float:  # type: ignore[no-un
 
 
 def pipeline(embedder, settings, folder: Path) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    import imgsearch.indexer.pipeline
+    import imgsearch.store.repository  # noqa: F401  (import time is start-up, not throughput)
     from imgsearch import Library
 
     with Library(settings, embedder=embedder) as lib:

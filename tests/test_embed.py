@@ -121,3 +121,20 @@ def test_cached_tag_weights_are_used_offline(tmp_path: Path, vitb32_checkpoint: 
     assert constants.ENDPOINT == "http://127.0.0.1:9"
     embedder = _load(tmp_path)
     assert embedder.model_id == "ViT-B-32:laion2b_s34b_b79k" and embedder.dim == 512
+
+
+def test_draft_decoding_keeps_the_model_input_on_fine_texture(vitb32, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Worst case for scaled JPEG decoding: native-resolution texture tiled to 12 MP. Compared at the model's
+    input, which is independent of the weights (random weights are too forgiving to judge this)."""
+    texture = Image.open(SAMPLES / "gravel.jpg").convert("RGB")
+    big = Image.new("RGB", (4096, 3072))
+    for x in range(0, 4096, texture.width):
+        for y in range(0, 3072, texture.height):
+            big.paste(texture, (x, y))
+    path = tmp_path / "texture.jpg"
+    big.save(path, quality=92)
+    full = vitb32.preprocess(Image.open(path)).numpy().ravel()
+    drafted = vitb32.prepare(decode(path.read_bytes(), 178_956_970, vitb32.input_size)).ravel()
+    assert Image.open(path).size != decode(path.read_bytes(), 178_956_970, vitb32.input_size).size
+    cos = float(full @ drafted / np.linalg.norm(full) / np.linalg.norm(drafted))
+    assert cos >= 0.999, cos

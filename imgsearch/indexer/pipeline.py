@@ -9,7 +9,9 @@ interrupted run loses at most the batch in flight and the next run resumes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -145,22 +147,34 @@ class Reader:
             return Read(entry, old, digest, error=str(exc))
         return Read(entry, old, digest, pixels=pixels, width=image.width, height=image.height)
 
-    def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[Read]:
-        """Results in completion order, with at most `prefetch` batches in flight."""
+    def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
+        """Everything finished since the last call (waiting for at least one), with at most
+        `prefetch` batches in flight. Yielding all that is ready lets the model take whatever is
+        decoded whenever it is free, instead of idling until a full batch is ready."""
         limit = max(self.workers, self.settings.prefetch * self.settings.batch_size)
-        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="imgsearch-read") as pool:
+        todo = iter(items)
+        with cf.ThreadPoolExecutor(self.workers, "imgsearch-read", initializer=_lower_priority) as pool:
             pending: set[cf.Future[Read]] = set()
             try:
-                for item in items:
+                for item in itertools.islice(todo, limit):
                     pending.add(pool.submit(self.read, item))
-                    if len(pending) >= limit:
-                        done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                        yield from (f.result() for f in done)
-                for f in cf.as_completed(pending):
-                    yield f.result()
+                while pending:
+                    done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for item in itertools.islice(todo, len(done)):
+                        pending.add(pool.submit(self.read, item))
+                    yield [f.result() for f in done]
             finally:
                 for f in pending:
                     f.cancel()
+
+
+def _lower_priority() -> None:
+    """Decode threads yield the CPU to the model's threads and fill the gaps between its operations.
+
+    The model is the bottleneck; preempting its OpenMP team to decode ahead only slows it down.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 class Writer:
@@ -192,12 +206,13 @@ class Writer:
             self.batch.append(r)
 
     def due(self, batch_size: int) -> bool:
-        return len(self.batch) >= batch_size or len(self.deferred) >= 4 * batch_size
+        return bool(self.batch) or len(self.deferred) >= 4 * batch_size
 
-    def flush(self) -> None:
+    def flush(self, batch_size: int) -> None:
+        """Embed and write up to batch_size pending images, with every pending non-embedding change."""
         if not (self.batch or self.deferred):
             return
-        batch, self.batch = self.batch, []
+        batch, self.batch = self.batch[:batch_size], self.batch[batch_size:]
         embedder = self.embedder.get() if batch else None
         pixels = [r.pixels for r in batch if r.pixels is not None]
         vectors = embedder.embed_prepared(np.stack(pixels)) if embedder else np.zeros(0)
@@ -220,9 +235,10 @@ class Writer:
             self.generation = self.store.bump_generation(conn)
         self._apply(removed, added)
 
-    def finish(self) -> None:
+    def finish(self, batch_size: int) -> None:
         """Flush the rest and remove what is gone from disk."""
-        self.flush()
+        while self.batch or self.deferred:
+            self.flush(batch_size)
         gone = list(self.plan.missing.values())
         if not (gone or self.plan.stale_skips):
             return
@@ -318,13 +334,16 @@ def run(
     writer = Writer(store, loaded.index if loaded else None, lazy, work, report)
     reader = Reader(lazy, settings, store.find_by_hash)
     total = len(work.todo)
+    done = 0
     try:
-        for done, r in enumerate(reader.run(work.todo), start=1):
-            writer.accept(r)
+        for ready in reader.run(work.todo):
+            for r in ready:
+                writer.accept(r)
             if writer.due(settings.batch_size):
-                writer.flush()
+                writer.flush(settings.batch_size)
+            done += len(ready)
             on_progress(Progress("embed", done, total))
-        writer.finish()
+        writer.finish(settings.batch_size)
     except KeyboardInterrupt:
         _save(store, index_path, search, writer, on_progress)
         raise InterruptedRun(
