@@ -113,7 +113,11 @@ class Library:
             known = self.store.roots()
             if not known:
                 raise UsageError("index: no folder given and none indexed before (imgsearch index FOLDER)")
-            return [r for r in known if os.path.exists(r)] or known
+            # A folder that is gone (an unmounted drive, say) is left alone: scanning it would drop its images.
+            present = [r for r in known if os.path.exists(r)]
+            if not present:
+                raise UsageError(f"index: none of the indexed folders exists now ({', '.join(known)})")
+            return present
         roots = []
         for p in paths:
             path = Path(p).expanduser()

@@ -175,3 +175,18 @@ def test_copies_within_one_run_are_embedded_once(lib: Library, shapes) -> None: 
     for i in range(12):
         np.testing.assert_array_equal(by_path[str(folder / f"copy-{i:02d}.png")], by_path[source])
     assert faiss_ids(lib) == sqlite_ids(lib)
+
+
+def test_rescan_skips_folders_that_are_gone_and_keeps_their_images(lib: Library, tmp_path: Path) -> None:
+    from tests.conftest import draw_shapes
+
+    drive = draw_shapes(tmp_path / "drive", per_class=1)
+    local = draw_shapes(tmp_path / "local", per_class=1, seed=5)
+    lib.index([tmp_path / "drive", tmp_path / "local"])
+    (tmp_path / "drive").rename(tmp_path / "unmounted")
+    assert lib.index().removed == 0
+    assert lib.store.count() == len(drive) + len(local)
+    (tmp_path / "local").rename(tmp_path / "also-gone")
+    with pytest.raises(UsageError, match="none of the indexed folders exists"):
+        lib.index()
+    assert lib.store.count() == len(drive) + len(local)
