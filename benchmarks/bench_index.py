@@ -30,7 +30,7 @@ def make_folder(folder: Path, count: int, size: tuple[int, int]) -> Path:
         path = folder / f"photo-{i:04d}.jpg"
         if not path.exists():
             image = Image.open(sources[i % len(sources)]).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-            image.rotate(i % 7, expand=False).save(path, quality=90)  # distinct content per file
+            image.rotate(0.25 * i, expand=False).save(path, quality=90)  # distinct content: no file is a copy
     return folder
 
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
-    folder = args.folder or make_folder(args.work / f"jpegs-{args.size}", args.count, (width, height))
+    folder = args.folder or make_folder(args.work / f"unique-jpegs-{args.size}", args.count, (width, height))
     checkpoint = args.checkpoint or make_checkpoint(args.model, args.work / f"{args.model}-randinit.safetensors")
     overrides = {
         "model.name": args.model,
