@@ -91,6 +91,8 @@ class Library:
         with self._writer_lock():
             roots = self._roots(paths)
             self._check_model(allow_empty=True, rebuilding=rebuild)
+            if rebuild:
+                _ = self.embedder  # the new model must load before the old vectors are dropped
             with self.store.write() as conn:
                 if rebuild:
                     self.store.clear_images(conn)

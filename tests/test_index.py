@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgsearch import Library, load_settings
-from imgsearch.errors import BusyError, InterruptedRun, ModelMismatchError, UsageError
+from imgsearch.errors import BusyError, InterruptedRun, ModelMismatchError, UsageError, WeightsError
 from imgsearch.store import sync
 from imgsearch.types import Progress
 from tests import tinyclip
@@ -190,3 +190,34 @@ def test_rescan_skips_folders_that_are_gone_and_keeps_their_images(lib: Library,
     with pytest.raises(UsageError, match="none of the indexed folders exists"):
         lib.index()
     assert lib.store.count() == len(drive) + len(local)
+
+
+def test_rebuild_with_unloadable_weights_keeps_the_index(lib: Library, shapes, home: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    broken = dict(tiny_overrides(tiny), **{"model.pretrained": str(home / "missing.safetensors")})
+    with pytest.raises(WeightsError, match="no checkpoint file"):
+        Library(load_settings(home, overrides=broken)).index([folder], rebuild=True)
+    assert lib.store.count() == len(labels)
+
+
+def test_weights_failing_mid_run_is_one_error_and_keeps_what_was_indexed(
+    lib: Library, shapes, home: Path, tiny
+) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    lib.index([folder])
+    for i in range(6):  # several reader threads each need the model
+        tinyclip.draw("red", "circle", __import__("random").Random(i)).save(folder / f"new-{i}.png")
+    calls = []
+
+    class WeightsGone(Library):
+        @property
+        def embedder(self):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            raise WeightsError("model.pretrained: no checkpoint file at /gone")
+
+    other = WeightsGone(load_settings(home, overrides=tiny_overrides(tiny)))
+    with pytest.raises(WeightsError):
+        other.index([folder])
+    assert calls == [1]
+    assert lib.store.count() == len(labels)

@@ -101,11 +101,18 @@ class LazyEmbedder:
         self._load = load
         self._lock = threading.Lock()
         self._value: Embedder | None = None
+        self._error: Exception | None = None
 
     def get(self) -> Embedder:
         with self._lock:
+            if self._error is not None:  # every reader thread asks; the load is tried once
+                raise self._error
             if self._value is None:
-                self._value = self._load()
+                try:
+                    self._value = self._load()
+                except Exception as exc:
+                    self._error = exc
+                    raise
             return self._value
 
 
