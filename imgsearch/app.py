@@ -234,13 +234,13 @@ class Library:
     # reporting
 
     def status(self) -> Status:
+        from imgsearch.store.sync import choose_params
+
         store = self.store
         model_id, dim = store.model()
         index_path = self.settings.vector_index_path
         updated = store.get_meta("updated_at")
         count = store.count()
-        from imgsearch.store.sync import choose_params
-
         return Status(
             home=str(self.settings.home),
             images=count,

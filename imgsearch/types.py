@@ -36,10 +36,6 @@ class IndexReport:
     known_bad: int = 0
     seconds: float = 0.0
 
-    @property
-    def total_images(self) -> int:
-        return self.embedded + self.renamed + self.copied + self.touched + self.unchanged
-
 
 @dataclass(frozen=True)
 class Progress:

@@ -63,10 +63,15 @@ class Read:
     gone: bool = False
 
 
-def plan(store: Store, roots: Sequence[str], scanner: Scanner, on_progress: OnProgress) -> Plan:
+def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progress: OnProgress) -> Plan:
     """Walk the roots and sort every file into unchanged / to do / known bad; what is indexed but gone is missing."""
     result = Plan()
-    scanner.on_skip = lambda path, reason: result.scan_skips.append(Skipped(path, reason))
+    scanner = Scanner(
+        settings.extensions,
+        settings.exclude,
+        settings.follow_symlinks,
+        on_skip=lambda path, reason: result.scan_skips.append(Skipped(path, reason)),
+    )
     seen: set[str] = set()
     with store.read() as conn:
         for root in roots:
@@ -331,8 +336,7 @@ def run(
     """Bring the index in line with the files under roots. The caller holds the writer lock."""
     started = time.monotonic()
     report = IndexReport()
-    scanner = Scanner(settings.extensions, settings.exclude, settings.follow_symlinks)
-    work = plan(store, roots, scanner, on_progress)
+    work = plan(store, roots, settings, on_progress)
     report.unchanged = work.unchanged
     report.known_bad = len(work.known_bad)
     report.skipped.extend(work.scan_skips)
