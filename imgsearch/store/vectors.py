@@ -147,10 +147,9 @@ def read_checked(path: Path, checksum: str, params: IndexParams) -> FaissIndex |
     if hashlib.sha256(data).hexdigest() != checksum:
         return None
     try:
-        index = FaissIndex.from_bytes(data, params)
+        return FaissIndex.from_bytes(data, params)
     except RuntimeError:
         return None
-    return index if index.kind == params.kind else None
 
 
 def _new_index(dim: int, params: IndexParams) -> Any:
