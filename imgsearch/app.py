@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,8 +87,6 @@ class Library:
         self, paths: Sequence[str | Path] = (), *, rebuild: bool = False, on_progress: OnProgress = _ignore
     ) -> IndexReport:
         """Bring the index in line with the image files under paths (default: every folder indexed before)."""
-        from imgsearch.indexer import pipeline
-
         with self._writer_lock():
             roots = self._roots(paths)
             self._check_model(allow_empty=True, rebuilding=rebuild)
@@ -98,7 +97,51 @@ class Library:
                     self.store.clear_images(conn)
                     self.store.bump_generation(conn)
                 self.store.add_roots(conn, roots)
-            report = pipeline.run(
+            report = self._run(roots, on_progress)
+        return report
+
+    def watch(
+        self,
+        paths: Sequence[str | Path] = (),
+        *,
+        stop: threading.Event | None = None,
+        on_pass: Callable[[IndexReport], None] = lambda report: None,
+        on_progress: OnProgress = _ignore,
+    ) -> None:
+        """Reconcile the index with paths, then follow filesystem changes until `stop` is set or Ctrl-C.
+
+        Holds the writer lock throughout; queries keep working. Each settled set of changes goes
+        through the same pipeline as `index`, and its report is passed to `on_pass`.
+        """
+        from imgsearch.errors import InterruptedRun
+        from imgsearch.indexer.watch import Watcher
+
+        stop = stop or threading.Event()
+        with self._writer_lock():
+            roots = self._roots(paths)
+            self._check_model(allow_empty=True)
+            with self.store.write() as conn:
+                self.store.add_roots(conn, roots)
+            ix = self.settings.index
+            watcher = Watcher(roots, ix.extensions, ix.exclude, self.settings.watch.settle_seconds)
+            watcher.start()  # before reconciling, so nothing that changes meanwhile is missed
+            try:
+                on_pass(self._run(roots, on_progress))
+                while not stop.is_set():
+                    changed = watcher.next_pass(stop)
+                    targets = roots if changed is None else sorted(changed)
+                    if targets and not stop.is_set():
+                        on_pass(self._run(targets, on_progress))
+            except (KeyboardInterrupt, InterruptedRun):
+                pass  # the pipeline finished or rolled back its batch and saved the index
+            finally:
+                watcher.stop()
+
+    def _run(self, roots: Sequence[str], on_progress: OnProgress) -> IndexReport:
+        from imgsearch.indexer import pipeline
+
+        try:
+            return pipeline.run(
                 self.store,
                 lambda: self.embedder,
                 roots,
@@ -107,8 +150,8 @@ class Library:
                 self.settings.vector_index_path,
                 on_progress,
             )
-        self._index = None
-        return report
+        finally:
+            self._index = None
 
     def _roots(self, paths: Sequence[str | Path]) -> list[str]:
         if not paths:

@@ -18,7 +18,7 @@ from imgsearch.errors import ImgSearchError
 
 if TYPE_CHECKING:
     from imgsearch.app import Library
-    from imgsearch.types import Progress
+    from imgsearch.types import IndexReport, Progress
 
 EXIT_SKIPPED = 3
 
@@ -84,6 +84,42 @@ def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool
     click.echo(render.to_json(report) if as_json else render.report(report))
     if report.skipped or report.known_bad:
         ctx.exit(EXIT_SKIPPED)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Append what each pass did to this file.")
+@click.pass_context
+def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str | None) -> None:
+    """Keep the index in step with PATHS (default: the folders indexed before) until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 (open for the whole run)
+
+    def on_pass(report: IndexReport) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {render.report(report)}"
+        if log:
+            log.write(line + "\n")
+            log.flush()
+        if not quiet:
+            click.echo(line)
+
+    try:
+        with _library(ctx) as lib:
+            if not quiet:
+                click.echo(f"watching {', '.join(paths) or 'the indexed folders'} (Ctrl-C to stop)", err=True)
+            lib.watch(paths, on_pass=on_pass)
+    finally:
+        if log:
+            log.close()
+    if not quiet:
+        click.echo("stopped", err=True)
 
 
 @cli.command()

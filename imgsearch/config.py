@@ -73,7 +73,17 @@ class SearchSettings:
     faiss_gpu: str = _opt("auto", "search on the GPU with faiss-gpu: auto, on or off", ("auto", "on", "off"))
 
 
-SECTIONS: dict[str, type] = {"model": ModelSettings, "index": IndexSettings, "search": SearchSettings}
+@dataclass(frozen=True)
+class WatchSettings:
+    settle_seconds: float = _opt(1.0, "quiet time before changed files are indexed (a copy still growing waits longer)")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSettings,
+    "index": IndexSettings,
+    "search": SearchSettings,
+    "watch": WatchSettings,
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
