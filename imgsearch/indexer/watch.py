@@ -21,21 +21,24 @@ from dataclasses import dataclass, field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+BURST_CHUNK = 500  # during a continuing burst, index settled files in chunks of this many
+
 
 @dataclass
 class Changes:
-    """Paths touched since the last pass; filled by watchdog's thread, drained by the watcher."""
+    """Paths touched, with the time of their last event; filled by watchdog's thread, drained by the watcher."""
 
-    paths: set[str] = field(default_factory=set)
+    paths: dict[str, float] = field(default_factory=dict)
     lost: bool = False
     last_event: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def add(self, *paths: str) -> None:
+        now = time.monotonic()
         with self.lock:
-            self.paths.update(paths)
-            self.last_event = time.monotonic()
+            self.paths.update(dict.fromkeys(paths, now))
+            self.last_event = now
         self.wake.set()
 
     def mark_lost(self) -> None:
@@ -44,12 +47,21 @@ class Changes:
             self.last_event = time.monotonic()
         self.wake.set()
 
-    def take(self) -> tuple[set[str], bool]:
+    def settled(self, quiet: float) -> list[str]:
+        """Paths with no event for `quiet` seconds."""
+        cutoff = time.monotonic() - quiet
         with self.lock:
-            paths, lost = self.paths, self.lost
-            self.paths, self.lost = set(), False
-            self.wake.clear()
-        return paths, lost
+            return [p for p, t in self.paths.items() if t <= cutoff]
+
+    def take(self, paths: list[str]) -> bool:
+        """Remove these paths from the pending set; True if events were lost meanwhile (reconcile all)."""
+        with self.lock:
+            for p in paths:
+                self.paths.pop(p, None)
+            lost, self.lost = self.lost, False
+            if not self.paths and not lost:
+                self.wake.clear()
+        return lost
 
     def quiet_for(self) -> float:
         with self.lock:
@@ -124,28 +136,39 @@ class Watcher:
 
     def next_pass(self, stop: threading.Event) -> set[str] | None:
         """Block until changes have settled; return the changed paths, None for a full reconciliation,
-        or an empty set when stopped."""
+        or an empty set when stopped.
+
+        When the tree has been quiet for `settle` seconds, every changed path whose size holds still
+        goes. During a long burst (a big copy), complete files also go in chunks of BURST_CHUNK, so
+        indexing keeps pace with the copy instead of waiting for its end.
+        """
         while not stop.is_set():
             if not self.observer.is_alive():
                 self._restart()  # the observer died (an OSError in its thread): events were lost
-                self.changes.take()
+                self.changes.take([])
                 return None
             if not self.changes.wake.wait(timeout=0.5):
                 continue
-            if self.changes.quiet_for() < self.settle or not self._files_stable():
-                stop.wait(min(0.2, self.settle))
-                continue
-            paths, lost = self.changes.take()
-            return None if lost else paths
+            if self.changes.lost and self.changes.quiet_for() >= self.settle:
+                self.changes.take(self.changes.settled(0.0))
+                return None
+            if self.changes.quiet_for() >= self.settle:
+                ready = self._stable(self.changes.settled(0.0))
+            else:  # mid-burst: only files already complete; deletions and move sources wait for quiet,
+                # so both halves of a move are always handled in one pass (no re-embed, row kept)
+                ready = [p for p in self._stable(self.changes.settled(self.settle)) if os.path.isfile(p)]
+                ready = ready if len(ready) >= BURST_CHUNK else []
+            if ready:
+                lost = self.changes.take(ready)
+                return None if lost else set(ready)
+            stop.wait(min(0.2, self.settle))
         return set()
 
-    def _files_stable(self) -> bool:
-        """Sizes of the changed files do not move over a short interval (a slow copy is still growing)."""
-        with self.changes.lock:
-            paths = [p for p in self.changes.paths if os.path.isfile(p)]
-        before = [_size(p) for p in paths]
+    def _stable(self, paths: list[str]) -> list[str]:
+        """Those paths whose size and mtime do not move over a short interval (a slow copy is still growing)."""
+        before = {p: _size(p) for p in paths}
         time.sleep(min(0.1, self.settle))
-        return before == [_size(p) for p in paths]
+        return [p for p in paths if _size(p) == before[p]]
 
     def _restart(self) -> None:
         self.observer = Observer()
