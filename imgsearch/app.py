@@ -84,9 +84,17 @@ class Library:
     # indexing
 
     def index(
-        self, paths: Sequence[str | Path] = (), *, rebuild: bool = False, on_progress: OnProgress = _ignore
+        self,
+        paths: Sequence[str | Path] = (),
+        *,
+        rebuild: bool = False,
+        on_progress: OnProgress = _ignore,
+        stop: threading.Event | None = None,
     ) -> IndexReport:
-        """Bring the index in line with the image files under paths (default: every folder indexed before)."""
+        """Bring the index in line with the image files under paths (default: every folder indexed before).
+
+        Setting `stop` (from another thread or a signal handler) ends the run after the batch in flight.
+        """
         with self._writer_lock():
             roots = self._roots(paths)
             self._check_model(allow_empty=True, rebuilding=rebuild)
@@ -97,7 +105,7 @@ class Library:
                     self.store.clear_images(conn)
                     self.store.bump_generation(conn)
                 self.store.add_roots(conn, roots)
-            report = self._run(roots, on_progress)
+            report = self._run(roots, on_progress, stop)
         return report
 
     def watch(
@@ -126,18 +134,18 @@ class Library:
             watcher = Watcher(roots, ix.extensions, ix.exclude, self.settings.watch.settle_seconds)
             watcher.start()  # before reconciling, so nothing that changes meanwhile is missed
             try:
-                on_pass(self._run(roots, on_progress))
+                on_pass(self._run(roots, on_progress, stop))
                 while not stop.is_set():
                     changed = watcher.next_pass(stop)
                     targets = roots if changed is None else sorted(changed)
                     if targets and not stop.is_set():
-                        on_pass(self._run(targets, on_progress))
+                        on_pass(self._run(targets, on_progress, stop))
             except (KeyboardInterrupt, InterruptedRun):
                 pass  # the pipeline finished or rolled back its batch and saved the index
             finally:
                 watcher.stop()
 
-    def _run(self, roots: Sequence[str], on_progress: OnProgress) -> IndexReport:
+    def _run(self, roots: Sequence[str], on_progress: OnProgress, stop: threading.Event | None) -> IndexReport:
         from imgsearch.indexer import pipeline
 
         try:
@@ -149,6 +157,7 @@ class Library:
                 self.settings.search,
                 self.settings.vector_index_path,
                 on_progress,
+                stop,
             )
         finally:
             self._index = None

@@ -7,6 +7,7 @@ could not be indexed (`imgsearch status --errors` lists them); 130 interrupted.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -79,8 +80,8 @@ def _library(ctx: click.Context) -> Iterator[Library]:
 @click.pass_context
 def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool, as_json: bool) -> None:
     """Index the images under PATHS (default: the folders indexed before)."""
-    with _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
-        report = lib.index(paths, rebuild=rebuild, on_progress=on_progress)
+    with _stop_on_signals() as stop, _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.index(paths, rebuild=rebuild, on_progress=on_progress, stop=stop)
     click.echo(render.to_json(report) if as_json else render.report(report))
     if report.skipped or report.known_bad:
         ctx.exit(EXIT_SKIPPED)
@@ -93,13 +94,8 @@ def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool
 @click.pass_context
 def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str | None) -> None:
     """Keep the index in step with PATHS (default: the folders indexed before) until Ctrl-C or SIGTERM."""
-    import signal
     import time
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 (open for the whole run)
 
     def on_pass(report: IndexReport) -> None:
@@ -111,10 +107,10 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
             click.echo(line)
 
     try:
-        with _library(ctx) as lib:
+        with _stop_on_signals() as stop, _library(ctx) as lib:
             if not quiet:
                 click.echo(f"watching {', '.join(paths) or 'the indexed folders'} (Ctrl-C to stop)", err=True)
-            lib.watch(paths, on_pass=on_pass)
+            lib.watch(paths, on_pass=on_pass, stop=stop)
     finally:
         if log:
             log.close()
@@ -201,6 +197,31 @@ def models(name: str | None) -> None:
         click.echo("\n".join(open_clip.list_pretrained_tags_by_model(name)) or f"no pretrained tags for {name}")
     else:
         click.echo("\n".join(open_clip.list_models()))
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM asks the run to stop after the batch in flight; a second Ctrl-C stops at once.
+
+    Signals never raise inside a database transaction this way; the previous handlers come back after.
+    """
+    import signal
+
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager

@@ -221,3 +221,16 @@ def test_weights_failing_mid_run_is_one_error_and_keeps_what_was_indexed(
         other.index([folder])
     assert calls == [1]
     assert lib.store.count() == len(labels)
+
+
+def test_stop_event_ends_the_run_after_the_batch_in_flight(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    folder, labels = shapes
+    stop = threading.Event()
+    with pytest.raises(InterruptedRun):
+        lib.index([folder], stop=stop, on_progress=lambda event: stop.set() if event.phase == "embed" else None)
+    committed = lib.store.count()
+    assert 1 <= committed < len(labels)
+    assert faiss_ids(lib) == sqlite_ids(lib), "the index is saved on the way out"
+    assert lib.index([folder]).embedded == len(labels) - committed

@@ -196,3 +196,133 @@ def test_cli_watch_stops_cleanly_on_sigterm_and_queries_work_meanwhile(tmp_path:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_lost_events_mean_a_full_reconciliation(tmp_path: Path) -> None:
+    """When the kernel queue overflows, watchdog only logs it; the next pass must then reconcile everything."""
+    import logging
+
+    from imgsearch.indexer.watch import Watcher
+
+    watcher = Watcher([str(tmp_path)], ["png"], [".*"], settle_seconds=0.2)
+    watcher.start()
+    stop = threading.Event()
+    try:
+        draw(tmp_path / "seen.png")
+        first = watcher.next_pass(stop)
+        assert first is not None and str(tmp_path / "seen.png") in first
+        draw(tmp_path / "dropped.png", seed=1)
+        wait_for(lambda: bool(watcher.changes.paths))
+        watcher.changes.take(list(watcher.changes.paths))  # as if the kernel had dropped the events
+        logging.getLogger("watchdog.observers.inotify_buffer").warning("Inotify queue overflowed; events were lost")
+        assert watcher.next_pass(stop) is None
+    finally:
+        watcher.stop()
+
+
+def test_burst_and_mass_move_with_a_query_process_beside(watching, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Thousands of new files, then 1,000 moved between folders: index equals disk, moves are not
+    re-embedded, and a separate query process sees no 'database is locked' meanwhile."""
+    import subprocess
+    import sys
+
+    w, folder = watching
+    script = tmp_path / "queries.py"
+    script.write_text(
+        "import sys, time\n"
+        "from imgsearch import Library, load_settings\n"
+        "lib = Library(load_settings(sys.argv[1], overrides=dict(a.split('=', 1) for a in sys.argv[3:])))\n"
+        "lib.embedder\n"
+        "print('ready', flush=True)\n"
+        "errors = queries = 0\n"
+        "end = time.monotonic() + float(sys.argv[2])\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        lib.query('a red circle', k=5); queries += 1\n"
+        "    except Exception as exc:\n"
+        "        errors += 1; print('error', exc, flush=True)\n"
+        "print('queries', queries, 'errors', errors, flush=True)\n"
+    )
+    args = [f"{k}={v}" for k, v in tiny_overrides(tiny).items()]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(w.lib.settings.home), "25", *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    for i in range(2000):
+        draw(folder / f"in-{i // 500}" / f"{i}.png", seed=5000 + i)
+    expected = {str(p) for p in folder.rglob("*.png")}
+    wait_for(lambda: w.paths() == expected, timeout=120)
+    burst_seconds = time.monotonic() - started
+    settled(w)
+    assert w.embedded_since_start() == 2000
+    ids_before = {p: i for i, p in w.lib.store.paths_of(w.lib.store.all_vectors()[0].tolist()).items()}
+    (folder / "moved").mkdir()
+    for i in range(1000):
+        (folder / f"in-{i // 500}" / f"{i}.png").rename(folder / "moved" / f"{i}.png")
+    expected = {str(p) for p in folder.rglob("*.png")}
+    wait_for(lambda: w.paths() == expected, timeout=120)
+    settled(w)
+    out, _ = proc.communicate(timeout=120)
+    assert w.embedded_since_start() == 2000, "moves are not re-embedded"
+    now = {p: i for i, p in w.lib.store.paths_of(w.lib.store.all_vectors()[0].tolist()).items()}
+    assert len(now) == 2001 == w.lib.store.count()
+    assert all(
+        now[str(folder / "moved" / f"{i}.png")] == ids_before[str(folder / f"in-{i // 500}" / f"{i}.png")]
+        for i in range(1000)
+    )
+    last = out.strip().splitlines()[-1].split()
+    assert last[0] == "queries" and int(last[1]) > 0 and last[3] == "0", out
+    print(f"burst: 2000 files indexed {burst_seconds:.1f} s after the first was written; {last[1]} queries meanwhile")
+
+
+def test_sigterm_mid_pass_then_restart_loses_nothing(tmp_path: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_env
+
+    folder, home = tmp_path / "pics", tmp_path / "h"
+    draw(folder / "first.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env |= {"IMGSEARCH_HOME": str(home), "IMGSEARCH_WATCH__SETTLE_SECONDS": "0.3", **tiny_env(tiny)}
+    env["IMGSEARCH_INDEX__BATCH_SIZE"] = "2"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch", "watch", str(folder)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def count() -> int:
+        try:
+            with sqlite3.connect(home / "imgsearch.db", timeout=30) as db:
+                return int(db.execute("select count(*) from images").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+    try:
+        wait_for(lambda: count() == 1, timeout=120)
+        for i in range(600):
+            draw(folder / f"{i}.png", seed=i)
+        wait_for(lambda: count() > 20, timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    at_stop = count()
+    assert 1 < at_stop < 601, "the signal should land part-way through the pass"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "index", str(folder), "--json"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    import json
+
+    report = json.loads(resumed.stdout)
+    assert report["embedded"] == 601 - at_stop and report["unchanged"] == at_stop
+    with sqlite3.connect(home / "imgsearch.db") as db:
+        paths = [r[0] for r in db.execute("select path from images")]
+    assert sorted(paths) == sorted(str(p) for p in folder.glob("*.png"))

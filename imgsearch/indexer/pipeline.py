@@ -332,8 +332,12 @@ def run(
     search: SearchSettings,
     index_path: Path,
     on_progress: OnProgress = lambda p: None,
+    stop: threading.Event | None = None,
 ) -> IndexReport:
-    """Bring the index in line with the files under roots. The caller holds the writer lock."""
+    """Bring the index in line with the files under roots. The caller holds the writer lock.
+
+    Setting `stop` ends the run after the batch in flight, which is committed, and saves the index.
+    """
     started = time.monotonic()
     report = IndexReport()
     work = plan(store, roots, settings, on_progress)
@@ -354,6 +358,8 @@ def run(
                 writer.flush(settings.batch_size)
             done += len(ready)
             on_progress(Progress("embed", done, total))
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt  # between batches, never inside a transaction
         writer.finish(settings.batch_size)
     except KeyboardInterrupt:
         _save(store, index_path, search, writer, on_progress)
