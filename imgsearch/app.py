@@ -115,6 +115,7 @@ class Library:
         stop: threading.Event | None = None,
         on_pass: Callable[[IndexReport], None] = lambda report: None,
         on_progress: OnProgress = _ignore,
+        on_notice: Callable[[str], None] = lambda message: None,
     ) -> None:
         """Reconcile the index with paths, then follow filesystem changes until `stop` is set or Ctrl-C.
 
@@ -137,6 +138,8 @@ class Library:
                 on_pass(self._run(roots, on_progress, stop))
                 while not stop.is_set():
                     changed = watcher.next_pass(stop)
+                    if changed is None:
+                        on_notice("filesystem events were lost (queue overflow or watcher error): rescanning all")
                     targets = roots if changed is None else sorted(changed)
                     if targets and not stop.is_set():
                         on_pass(self._run(targets, on_progress, stop))

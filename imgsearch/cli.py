@@ -98,19 +98,22 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 (open for the whole run)
 
-    def on_pass(report: IndexReport) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {render.report(report)}"
+    def say(text: str, err: bool = False) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
         if log:
             log.write(line + "\n")
             log.flush()
-        if not quiet:
-            click.echo(line)
+        if not quiet or err:
+            click.echo(line, err=err)
+
+    def on_pass(report: IndexReport) -> None:
+        say(render.report(report))
 
     try:
         with _stop_on_signals() as stop, _library(ctx) as lib:
             if not quiet:
                 click.echo(f"watching {', '.join(paths) or 'the indexed folders'} (Ctrl-C to stop)", err=True)
-            lib.watch(paths, on_pass=on_pass, stop=stop)
+            lib.watch(paths, on_pass=on_pass, stop=stop, on_notice=lambda text: say(text, err=True))
     finally:
         if log:
             log.close()

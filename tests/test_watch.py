@@ -21,6 +21,7 @@ class Running:
     def __init__(self, lib: Library, folder: Path):
         self.lib = lib
         self.reports: list[IndexReport] = []
+        self.notices: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(
             target=lib.watch,
@@ -28,6 +29,7 @@ class Running:
             kwargs={
                 "stop": self.stop,
                 "on_pass": self.reports.append,
+                "on_notice": self.notices.append,
             },
         )
         self.thread.start()
@@ -326,3 +328,14 @@ def test_sigterm_mid_pass_then_restart_loses_nothing(tmp_path: Path, tiny) -> No
     with sqlite3.connect(home / "imgsearch.db") as db:
         paths = [r[0] for r in db.execute("select path from images")]
     assert sorted(paths) == sorted(str(p) for p in folder.glob("*.png"))
+
+
+def test_watch_says_when_events_were_lost_and_rescans(watching) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    w, _ = watching
+    passes = len(w.reports)
+    logging.getLogger("watchdog.observers.inotify_buffer").warning("Inotify queue overflowed; events were lost")
+    wait_for(lambda: len(w.reports) > passes)
+    assert w.notices and "events were lost" in w.notices[0]
+    assert w.reports[-1].unchanged == 1, "the pass after lost events reconciles the whole tree"
