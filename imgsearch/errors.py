@@ -7,6 +7,7 @@
      ├── ModelMismatchError        the index was built with another model
      ├── IndexEmptyError           nothing is indexed yet
      ├── BusyError                 another process is writing to the same home
+     ├── WatchError                the filesystem cannot be watched (inotify limits)
      ├── InterruptedRun            an index run was stopped part-way (what was committed stays)
      └── StoreError                the database cannot be used
           └── SchemaTooNewError    the database was written by a newer imgsearch
@@ -44,6 +45,10 @@ class IndexEmptyError(ImgSearchError):
 
 
 class BusyError(ImgSearchError):
+    pass
+
+
+class WatchError(ImgSearchError):
     pass
 
 

@@ -339,3 +339,30 @@ def test_watch_says_when_events_were_lost_and_rescans(watching) -> None:  # type
     wait_for(lambda: len(w.reports) > passes)
     assert w.notices and "events were lost" in w.notices[0]
     assert w.reports[-1].unchanged == 1, "the pass after lost events reconciles the whole tree"
+
+
+def test_a_dead_emitter_is_noticed_and_means_a_full_reconciliation(tmp_path: Path) -> None:
+    from imgsearch.indexer.watch import Watcher
+
+    watcher = Watcher([str(tmp_path)], ["png"], [".*"], settle_seconds=0.2)
+    watcher.start()
+    try:
+        for emitter in list(watcher.observer.emitters):
+            emitter.stop()  # as an OSError inside the emitter thread would
+            emitter.join(5)
+        assert not watcher.alive()
+        assert watcher.next_pass(threading.Event()) is None
+        assert watcher.alive(), "the observer was restarted"
+        draw(tmp_path / "after.png")
+        wait_for(lambda: str(tmp_path / "after.png") in watcher.changes.paths)
+    finally:
+        watcher.stop()
+
+
+def test_unwatchable_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    from imgsearch.errors import WatchError
+    from imgsearch.indexer.watch import Watcher
+
+    watcher = Watcher([str(tmp_path / "gone")], ["png"], [], settle_seconds=0.2)
+    with pytest.raises(WatchError, match="^watch: cannot watch"):
+        watcher.start()

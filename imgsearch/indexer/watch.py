@@ -10,6 +10,8 @@ overflow, an observer error) the next pass is a full reconciliation of the watch
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import logging
 import os
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from imgsearch.errors import WatchError
 
 BURST_CHUNK = 500  # during a continuing burst, index settled files in chunks of this many
 
@@ -123,11 +127,21 @@ class Watcher:
         return not any(fnmatch.fnmatchcase(part, pat) for part in parts for pat in self.exclude)
 
     def start(self) -> None:
-        logging.getLogger("watchdog").addHandler(self._log)
+        log = logging.getLogger("watchdog")
+        log.removeHandler(self._log)  # idempotent across restarts
+        log.addHandler(self._log)
         handler = _Handler(self.changes, self.wanted)
-        for root in self.roots:
-            self.observer.schedule(handler, root, recursive=True)
-        self.observer.start()
+        try:
+            for root in self.roots:
+                self.observer.schedule(handler, root, recursive=True)
+            self.observer.start()
+        except OSError as exc:
+            hint = " (raise fs.inotify.max_user_watches)" if exc.errno in (errno.ENOSPC, errno.EMFILE) else ""
+            raise WatchError(f"watch: cannot watch {', '.join(self.roots)}: {exc.strerror or exc}{hint}") from None
+
+    def alive(self) -> bool:
+        """The observer and every per-folder emitter thread still run (an OSError kills an emitter)."""
+        return self.observer.is_alive() and all(e.is_alive() for e in self.observer.emitters)
 
     def stop(self) -> None:
         self.observer.stop()
@@ -143,7 +157,7 @@ class Watcher:
         indexing keeps pace with the copy instead of waiting for its end.
         """
         while not stop.is_set():
-            if not self.observer.is_alive():
+            if not self.alive():
                 self._restart()  # the observer died (an OSError in its thread): events were lost
                 self.changes.take([])
                 return None
@@ -171,6 +185,8 @@ class Watcher:
         return [p for p in paths if _size(p) == before[p]]
 
     def _restart(self) -> None:
+        with contextlib.suppress(Exception):
+            self.observer.stop()
         self.observer = Observer()
         self.start()
 
