@@ -101,7 +101,7 @@ class _OverflowLog(logging.Handler):
 
 
 class Watcher:
-    """Observes roots and calls `on_pass(paths)` with settled changes (`None` means: reconcile everything)."""
+    """Observes roots; `next_pass` hands out settled sets of changed paths (`None`: reconcile everything)."""
 
     def __init__(
         self,
