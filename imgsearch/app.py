@@ -96,17 +96,8 @@ class Library:
         Setting `stop` (from another thread or a signal handler) ends the run after the batch in flight.
         """
         with self._writer_lock():
-            roots = self._roots(paths)
-            self._check_model(allow_empty=True, rebuilding=rebuild)
-            if rebuild:
-                _ = self.embedder  # the new model must load before the old vectors are dropped
-            with self.store.write() as conn:
-                if rebuild:
-                    self.store.clear_images(conn)
-                    self.store.bump_generation(conn)
-                self.store.add_roots(conn, roots)
-            report = self._run(roots, on_progress, stop)
-        return report
+            roots = self._begin(paths, rebuild)
+            return self._run(roots, on_progress, stop)
 
     def watch(
         self,
@@ -127,10 +118,7 @@ class Library:
 
         stop = stop or threading.Event()
         with self._writer_lock():
-            roots = self._roots(paths)
-            self._check_model(allow_empty=True)
-            with self.store.write() as conn:
-                self.store.add_roots(conn, roots)
+            roots = self._begin(paths)
             ix = self.settings.index
             watcher = Watcher(roots, ix.extensions, ix.exclude, self.settings.watch.settle_seconds)
             watcher.start()  # before reconciling, so nothing that changes meanwhile is missed
@@ -147,6 +135,19 @@ class Library:
                 pass  # the pipeline finished or rolled back its batch and saved the index
             finally:
                 watcher.stop()
+
+    def _begin(self, paths: Sequence[str | Path], rebuild: bool = False) -> list[str]:
+        """What every writing run does first, under the writer lock: resolve and record the roots, check the model."""
+        roots = self._roots(paths)
+        self._check_model(allow_empty=True, rebuilding=rebuild)
+        if rebuild:
+            _ = self.embedder  # the new model must load before the old vectors are dropped
+        with self.store.write() as conn:
+            if rebuild:
+                self.store.clear_images(conn)
+                self.store.bump_generation(conn)
+            self.store.add_roots(conn, roots)
+        return roots
 
     def _run(self, roots: Sequence[str], on_progress: OnProgress, stop: threading.Event | None) -> IndexReport:
         from imgsearch.indexer import pipeline

@@ -21,6 +21,20 @@ class FileEntry:
 OnSkip = Callable[[str, str], None]
 
 
+class NameFilter:
+    """Which names are indexed: image extensions (case-insensitive), minus the exclude patterns (fnmatch)."""
+
+    def __init__(self, extensions: Iterable[str], exclude: Iterable[str] = ()):
+        self.extensions = {"." + e.lower().lstrip(".") for e in extensions}
+        self.exclude = list(exclude)
+
+    def is_image(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in self.extensions
+
+    def excluded(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude)
+
+
 class Scanner:
     """Yields image files under roots; reports entries it cannot use through `on_skip(path, reason)`."""
 
@@ -31,8 +45,7 @@ class Scanner:
         follow_symlinks: bool = True,
         on_skip: OnSkip | None = None,
     ):
-        self.extensions = {"." + e.lower().lstrip(".") for e in extensions}
-        self.exclude = list(exclude)
+        self.names = NameFilter(extensions, exclude)
         self.follow_symlinks = follow_symlinks
         self.on_skip = on_skip or (lambda path, reason: None)
 
@@ -42,7 +55,7 @@ class Scanner:
             return
         if stat.S_ISDIR(st.st_mode):
             yield from self._walk(root, {(st.st_dev, st.st_ino)})
-        elif self._wanted(os.path.basename(root)):
+        elif self.names.is_image(os.path.basename(root)):
             yield from self._file(root, st)
 
     def _walk(self, folder: str, seen: set[tuple[int, int]]) -> Iterator[FileEntry]:
@@ -53,7 +66,7 @@ class Scanner:
             self.on_skip(folder, f"folder not readable ({exc.strerror})")
             return
         for entry in entries:
-            if any(fnmatch.fnmatchcase(entry.name, pat) for pat in self.exclude):
+            if self.names.excluded(entry.name):
                 continue
             yield from self._entry(entry, seen)
 
@@ -62,7 +75,7 @@ class Scanner:
             return
         st = _stat(entry.path)
         if st is None:
-            if entry.is_symlink() and self._wanted(entry.name):
+            if entry.is_symlink() and self.names.is_image(entry.name):
                 self.on_skip(entry.path, "broken symbolic link")
             return
         if stat.S_ISDIR(st.st_mode):
@@ -70,7 +83,7 @@ class Scanner:
             if key not in seen:  # else a symlink loop, or a second link to a folder already walked
                 seen.add(key)
                 yield from self._walk(entry.path, seen)
-        elif self._wanted(entry.name):
+        elif self.names.is_image(entry.name):
             yield from self._file(entry.path, st)
 
     def _file(self, path: str, st: os.stat_result) -> Iterator[FileEntry]:
@@ -78,9 +91,6 @@ class Scanner:
             self.on_skip(path, "not a regular file")
             return
         yield FileEntry(path, st.st_size, st.st_mtime_ns)
-
-    def _wanted(self, name: str) -> bool:
-        return os.path.splitext(name)[1].lower() in self.extensions
 
 
 def _stat(path: str) -> os.stat_result | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import logging
 import os
 import threading
@@ -24,6 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from imgsearch.errors import WatchError
+from imgsearch.indexer.scan import NameFilter
 
 BURST_CHUNK = 500  # during a continuing burst, index settled files in chunks of this many
 
@@ -111,8 +111,7 @@ class Watcher:
         settle_seconds: float,
     ):
         self.roots = list(roots)
-        self.extensions = {"." + e.lower().lstrip(".") for e in extensions}
-        self.exclude = list(exclude)
+        self.names = NameFilter(extensions, exclude)
         self.settle = settle_seconds
         self.changes = Changes()
         self.observer = Observer()
@@ -120,11 +119,11 @@ class Watcher:
 
     def wanted(self, path: str) -> bool:
         """An image path none of whose parts below its root is excluded (dot-files, .part, ~ ...)."""
-        if os.path.splitext(path)[1].lower() not in self.extensions:
+        if not self.names.is_image(path):
             return False
         root = next((r for r in self.roots if path == r or path.startswith(r.rstrip("/") + "/")), "")
         parts = os.path.relpath(path, root).split(os.sep) if root else [os.path.basename(path)]
-        return not any(fnmatch.fnmatchcase(part, pat) for part in parts for pat in self.exclude)
+        return not any(self.names.excluded(part) for part in parts)
 
     def start(self) -> None:
         log = logging.getLogger("watchdog")
