@@ -21,11 +21,26 @@ import numpy as np
 
 from imgsearch.config import Settings, load_settings
 from imgsearch.errors import BusyError, IndexEmptyError, UsageError
-from imgsearch.types import Hit, IndexReport, Progress, QueryTerm, Skipped, Status
+from imgsearch.types import (
+    ExportReport,
+    Hit,
+    IndexReport,
+    LabelResult,
+    LabelScore,
+    Progress,
+    QueryTerm,
+    Skipped,
+    Status,
+    TagCount,
+    TagRecord,
+    TagReport,
+)
 
 if TYPE_CHECKING:
     from imgsearch.embed import Embedder
     from imgsearch.indexer.pipeline import OnProgress
+    from imgsearch.search.labels import Label
+    from imgsearch.search.tagger import LabelVectors
     from imgsearch.store import sync
     from imgsearch.store.repository import Store
     from imgsearch.store.vectors import FaissIndex
@@ -140,6 +155,8 @@ class Library:
         """What every writing run does first, under the writer lock: resolve and record the roots, check the model."""
         roots = self._roots(paths)
         self._check_model(allow_empty=True, rebuilding=rebuild)
+        if self.settings.tagging.auto:
+            self._vocabulary()  # a bad vocabulary file is reported before any work, not after it
         if rebuild:
             _ = self.embedder  # the new model must load before the old vectors are dropped
         with self.store.write() as conn:
@@ -153,7 +170,7 @@ class Library:
         from imgsearch.indexer import pipeline
 
         try:
-            return pipeline.run(
+            report = pipeline.run(
                 self.store,
                 lambda: self.embedder,
                 roots,
@@ -165,6 +182,9 @@ class Library:
             )
         finally:
             self._index = None
+        if self.settings.tagging.auto:
+            report.tagged = self._tag(None, None, on_progress, stop)
+        return report
 
     def _roots(self, paths: Sequence[str | Path]) -> list[str]:
         if not paths:
@@ -226,11 +246,18 @@ class Library:
         images: Sequence[str | Path] = (),
         k: int | None = None,
         path_prefix: str | Path | None = None,
+        tags: Sequence[str] = (),
     ) -> list[Hit]:
-        """Images best matching a query: text and/or image terms (see imgsearch.search.query)."""
+        """Images best matching a query: text and/or image terms (see imgsearch.search.query).
+
+        With `tags`, only images carrying all of them are searched; with tags alone, the images
+        tagged with the first are listed, hand tags first, then by the tag's probability.
+        """
+        if tags and not text.strip() and not images:
+            return self.tagged(tags, k=k, path_prefix=path_prefix)
         terms = self.parse_query(text, images)
         self._check_model()
-        return self.search_vector(self.query_vector(terms), k=k, path_prefix=path_prefix)
+        return self.search_vector(self.query_vector(terms), k=k, path_prefix=path_prefix, tags=tags)
 
     def parse_query(self, text: str = "", images: Sequence[str | Path] = ()) -> list[QueryTerm]:
         from imgsearch.search import query as q
@@ -251,20 +278,44 @@ class Library:
         return q.vector(terms, self.embedder, self.settings.index.max_pixels)
 
     def search_vector(
-        self, vector: np.ndarray, *, k: int | None = None, path_prefix: str | Path | None = None
+        self,
+        vector: np.ndarray,
+        *,
+        k: int | None = None,
+        path_prefix: str | Path | None = None,
+        tags: Sequence[str] = (),
     ) -> list[Hit]:
-        """Nearest indexed images to a unit vector, best first."""
+        """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
         k = k or self.settings.search.top_k
         index = self._vector_index()
         allowed = None
-        if path_prefix is not None:
-            allowed = self.store.ids_under(str(Path(path_prefix).expanduser().resolve()))
-            if not len(allowed):
-                return []
+        if tags:
+            allowed = self._ids_tagged(tags, path_prefix)
+        elif path_prefix is not None:
+            allowed = self.store.ids_under(_absolute(path_prefix))
+        if allowed is not None and not len(allowed):
+            return []
         scores, ids = index.search(vector[None, :], k, allowed)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         paths = self.store.paths_of(i for i, _ in found)
         return [Hit(i, paths[i], s) for i, s in found if i in paths]
+
+    def tagged(self, tags: Sequence[str], *, k: int | None = None, path_prefix: str | Path | None = None) -> list[Hit]:
+        """Images carrying every one of tags, ranked by the first: hand tags (score 1.0), then by probability."""
+        from imgsearch.store import tags as sql
+
+        ids = self._ids_tagged(tags, path_prefix)
+        with self.store.read() as conn:
+            rows = sql.ranked(conn, tags[0], ids)
+        limit = k or self.settings.search.top_k
+        return [Hit(i, path, 1.0 if source == sql.HAND else p or 0.0) for i, path, source, p in rows[:limit]]
+
+    def _ids_tagged(self, tags: Sequence[str], path_prefix: str | Path | None) -> np.ndarray:
+        from imgsearch.store import tags as sql
+
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        with self.store.read() as conn:
+            return sql.ids_with_all(conn, [t.strip() for t in tags], root)
 
     def _vector_index(self) -> FaissIndex:
         from imgsearch.store import sync
@@ -286,6 +337,157 @@ class Library:
                 sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
         except (BusyError, OSError):
             pass
+
+    # labels and tags
+
+    def label(
+        self,
+        paths: Sequence[str | Path],
+        labels: str | Sequence[str] | None = None,
+        *,
+        vocabulary: str | None = None,
+        on_progress: OnProgress = _ignore,
+    ) -> list[LabelResult]:
+        """Zero-shot labels of image files (indexed or not), most probable first.
+
+        labels: "cat,dog,person" or a list; default: the vocabulary file (or tagging.vocabulary).
+        Probabilities are among the labels given (softmax; independent sigmoids for SigLIP models).
+        """
+        from imgsearch.search import labels as lb
+        from imgsearch.search import query as q
+
+        if isinstance(labels, str):
+            chosen = lb.parse_labels(labels)
+        elif labels:
+            chosen = lb.parse_labels(",".join(labels))
+        else:
+            chosen = self._vocabulary(vocabulary)[0]
+        files = [str(Path(p).expanduser()) for p in paths]
+        for f in files:
+            if not Path(f).is_file():
+                raise UsageError(f"label: no such image file: {f}")
+        embedder = self.embedder
+        matrix = self._label_vectors(on_progress).matrix(embedder.model_id, chosen)
+        results = []
+        step = self.settings.index.batch_size or 32
+        for i in range(0, len(files), step):
+            batch = files[i : i + step]
+            scores = (
+                embedder.embed_images([q.load(f, self.settings.index.max_pixels, "label") for f in batch]) @ matrix.T
+            )
+            probs = lb.probabilities(scores, embedder.logit_scale, embedder.logit_bias)
+            for f, s, p in zip(batch, scores, probs, strict=True):
+                order = np.argsort(-p, kind="stable")
+                results.append(LabelResult(f, [LabelScore(chosen[j].name, float(p[j]), float(s[j])) for j in order]))
+        return results
+
+    def tag(
+        self,
+        *,
+        path_prefix: str | Path | None = None,
+        vocabulary: str | None = None,
+        on_progress: OnProgress = _ignore,
+        stop: threading.Event | None = None,
+    ) -> TagReport:
+        """Auto-tag the indexed images (under path_prefix) against the vocabulary, changing only what differs.
+
+        Images already tagged under the same vocabulary, templates, rule and model are skipped; hand
+        tags (and tags removed by hand) are never touched.
+        """
+        self._check_model()
+        # No writer lock: each chunk is one transaction that reads, decides and writes, so tagging can
+        # run beside `watch` (which holds the lock for as long as it runs).
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        return self._tag(root, self._vocabulary(vocabulary), on_progress, stop)
+
+    def _tag(
+        self,
+        root: str | None,
+        vocabulary: tuple[list[Label], str] | None,
+        on_progress: OnProgress,
+        stop: threading.Event | None,
+    ) -> TagReport:
+        from imgsearch.search import tagger
+
+        labels, name = vocabulary or self._vocabulary()
+        rule = tagger.rule_of(self.settings.tagging)
+        vectors = self._label_vectors(on_progress)
+        return tagger.tag(self.store, vectors, labels, name, rule, root, on_progress, stop)
+
+    def tags(self) -> list[TagCount]:
+        """Every tag in use with its image counts, most used first."""
+        from imgsearch.store import tags as sql
+
+        with self.store.read() as conn:
+            return [TagCount(label, auto, hand) for label, auto, hand in sql.counts(conn)]
+
+    def set_tag(self, label: str, paths: Sequence[str | Path], present: bool = True) -> int:
+        """Add (or remove) a tag by hand on indexed images: files, or every image under a folder.
+
+        Hand tags and hand removals are never undone by the auto-tagger. Returns how many images changed.
+        """
+        from imgsearch.store import tags as sql
+
+        name = " ".join(label.split())
+        if not name or "," in name or "|" in name:
+            raise UsageError(f"tag: not a usable tag name: {label!r}")
+        with self.store.write() as conn:  # one short transaction; works while `watch` runs
+            targets: list[str] = []
+            for p in paths:
+                found = sql.indexed_paths(conn, _absolute(p))
+                if not found:
+                    raise UsageError(f"tag: {p} is not indexed (run `imgsearch index` on it first)")
+                targets.extend(found)
+            return sql.set_hand_tag(conn, list(dict.fromkeys(targets)), name, present)
+
+    def tag_records(self, path_prefix: str | Path | None = None) -> list[TagRecord]:
+        """Every tag of every indexed image (under path_prefix), by path; tags removed by hand are left out."""
+        from imgsearch.store import tags as sql
+
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        with self.store.read() as conn:
+            return list(sql.rows(conn, root))
+
+    def export_xmp(self, path_prefix: str | Path | None = None, naming: str = "full") -> ExportReport:
+        """Write each indexed image's tags to its XMP sidecar (dc:subject), never touching the image.
+
+        Existing sidecars are merged: keywords from elsewhere are kept, and only keywords an earlier
+        export wrote and the image no longer has are taken back. naming: "full" (photo.jpg.xmp) or
+        "stem" (photo.xmp). A sidecar that cannot be read or written is reported, not fatal.
+        """
+        from imgsearch import xmp
+        from imgsearch.store import tags as sql
+
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        subjects: dict[str, list[str]] = {}
+        for record in self.tag_records(path_prefix):
+            subjects.setdefault(record.path, []).append(record.label)
+        with self.store.read() as conn:
+            paths = sql.indexed_paths(conn, root)
+        report = ExportReport()
+        for path in paths:  # untagged images too: an earlier export's keywords may have to go
+            sidecar = xmp.sidecar_path(path, naming)
+            before = _stamp(sidecar)
+            try:
+                xmp.write_subjects(path, subjects.get(path, []), naming)
+            except xmp.XmpError as exc:
+                report.failed.append(Skipped(str(sidecar), str(exc)))
+                continue
+            if _stamp(sidecar) != before:
+                report.written += 1
+            elif path in subjects:
+                report.unchanged += 1
+        return report
+
+    def _vocabulary(self, path: str | None = None) -> tuple[list[Label], str]:
+        from imgsearch.search.labels import load_vocabulary
+
+        return load_vocabulary(self.settings.tagging.vocabulary if path is None else path)
+
+    def _label_vectors(self, on_progress: OnProgress = _ignore) -> LabelVectors:
+        from imgsearch.search.tagger import LabelVectors
+
+        return LabelVectors(self.store, lambda: self.embedder, self.settings.tagging.templates, on_progress)
 
     # reporting
 
@@ -312,6 +514,18 @@ class Library:
 
     def skipped(self) -> list[Skipped]:
         return self.store.skipped_files()
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _size(path: Path) -> int:

@@ -126,6 +126,7 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 @click.option("-k", "--top", type=click.IntRange(min=1), default=None, help="Number of results (search.top_k).")
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(), help="Find images similar to this one.")
 @click.option("--path-prefix", type=click.Path(), help="Only results under this folder.")
+@click.option("-t", "--tag", "tags", multiple=True, help="Only images with this tag (repeat: all of them).")
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 @click.pass_context
 def query(
@@ -134,6 +135,7 @@ def query(
     top: int | None,
     images: tuple[str, ...],
     path_prefix: str | None,
+    tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Find images matching TERMS: text, image paths, or weighted sums.
@@ -142,15 +144,133 @@ def query(
     imgsearch query "old teacher at blackboard"
     imgsearch query --image holiday.jpg
     imgsearch query "2:golden retriever" + ./pool.jpg - fruit
+    imgsearch query --tag cat "on a sofa"
+    imgsearch query --tag cat            (images tagged cat, by probability)
     """
     with _library(ctx) as lib:
-        hits = lib.query(" ".join(terms), images=images, k=top, path_prefix=path_prefix)
+        hits = lib.query(" ".join(terms), images=images, k=top, path_prefix=path_prefix, tags=tags)
     if as_json:
         click.echo(render.to_json(hits))
     elif hits:
         click.echo(render.hits(hits))
     else:
         click.echo("no matches", err=True)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-l", "--labels", help="Comma-separated labels, e.g. 'cat,dog,person' (default: the vocabulary).")
+@click.option("--vocabulary", type=click.Path(dir_okay=False), help="A vocabulary file (default: tagging.vocabulary).")
+@click.option("-k", "--top", type=click.IntRange(min=1), default=None, help="Labels shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+@click.pass_context
+def label(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    labels: str | None,
+    vocabulary: str | None,
+    top: int | None,
+    as_json: bool,
+) -> None:
+    """Zero-shot labels of image files: each label's probability, best first.
+
+    \b
+    imgsearch label photo.jpg --labels "cat,dog,person"
+    imgsearch label *.jpg -k 5          (against the tagging vocabulary)
+    """
+    with _library(ctx) as lib, _progress(as_json) as on_progress:
+        results = lib.label(paths, labels, vocabulary=vocabulary, on_progress=on_progress)
+    if top is None and not labels:
+        top = 10
+    results = [type(r)(r.path, r.labels[:top]) for r in results] if top else results
+    click.echo(render.to_json(results) if as_json else render.labels(results))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option("--vocabulary", type=click.Path(dir_okay=False), help="A vocabulary file (default: tagging.vocabulary).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def tag(ctx: click.Context, path_prefix: str | None, vocabulary: str | None, quiet: bool, as_json: bool) -> None:
+    """Auto-tag the indexed images against a vocabulary (only what changed since the last run).
+
+    \b
+    imgsearch tag                       (the built-in vocabulary, or tagging.vocabulary)
+    imgsearch tag --vocabulary my-labels.txt --path-prefix ~/Pictures/2024
+    imgsearch tag add holiday ~/Pictures/Crete
+    imgsearch tag export --xmp
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _stop_on_signals() as stop, _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.tag(path_prefix=path_prefix, vocabulary=vocabulary, on_progress=on_progress, stop=stop)
+    click.echo(render.to_json(report) if as_json else render.tag_report(report))
+
+
+@tag.command("add")
+@click.argument("label")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.pass_context
+def tag_add(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
+    """Tag images by hand: files, or every indexed image under a folder. The auto-tagger keeps it."""
+    with _library(ctx) as lib:
+        changed = lib.set_tag(label, paths, present=True)
+    click.echo(f"tagged {changed} images '{label}'")
+
+
+@tag.command("remove")
+@click.argument("label")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.pass_context
+def tag_remove(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
+    """Remove a tag by hand; the auto-tagger will not add it back to these images."""
+    with _library(ctx) as lib:
+        changed = lib.set_tag(label, paths, present=False)
+    click.echo(f"removed '{label}' from {changed} images")
+
+
+@tag.command("export")
+@click.option("--xmp", "fmt", flag_value="xmp", help="Write XMP sidecars (dc:subject) next to the images.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV rows: path, label, source, score, probability.")
+@click.option("--json", "fmt", flag_value="json", help="JSON: each image with its tags.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", help="CSV/JSON file.")
+@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option(
+    "--sidecar-name",
+    type=click.Choice(["full", "stem"]),
+    default="full",
+    help="full: photo.jpg.xmp (darktable, digiKam); stem: photo.xmp (Lightroom).",
+)
+@click.pass_context
+def tag_export(ctx: click.Context, fmt: str | None, output: str, path_prefix: str | None, sidecar_name: str) -> None:
+    """Take the tags to other photo tools: XMP sidecars, CSV or JSON. Image files are never modified."""
+    if fmt is None:
+        raise click.UsageError("choose a format: --xmp, --csv or --json")
+    with _library(ctx) as lib:
+        if fmt == "xmp":
+            report = lib.export_xmp(path_prefix=path_prefix, naming=sidecar_name)
+            click.echo(render.export_report(report))
+            if report.failed:
+                ctx.exit(EXIT_SKIPPED)
+            return
+        records = lib.tag_records(path_prefix)
+    text = render.tags_csv(records) if fmt == "csv" else render.to_json(render.tags_by_path(records))
+    with click.open_file(output, "w", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tags(ctx: click.Context, as_json: bool) -> None:
+    """List the tags in use, with how many images carry each (automatically / by hand)."""
+    with _library(ctx) as lib:
+        counts = lib.tags()
+    if as_json:
+        click.echo(render.to_json(counts))
+    else:
+        click.echo(render.tag_counts(counts) if counts else "no tags yet (imgsearch tag)")
 
 
 @cli.command()

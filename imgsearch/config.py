@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,25 @@ from imgsearch.errors import ConfigError
 ENV_PREFIX = "IMGSEARCH_"
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def _opt(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, check: Callable[[Any], str | None] | None = None
+) -> Any:
+    """A declared setting. `check` returns what is wrong with a value (completing "KEY must ..."), or None."""
+    metadata = {"help": help, "choices": choices, "check": check}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
-    return field(default=default, metadata={"help": help, "choices": choices})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "be between 0 and 1"
+
+
+def _templates(value: list[str]) -> str | None:
+    if not value:
+        return "list at least one template"
+    bad = [t for t in value if t.count("{}") != 1]
+    return f"contain {{}} exactly once in each template (not in {bad[0]!r})" if bad else None
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,34 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class TaggingSettings:
+    templates: list[str] = _opt(
+        [
+            "a photo of a {}.",
+            "a photo of the {}.",
+            "a close-up photo of a {}.",
+            "a bright photo of a {}.",
+            "a dark photo of a {}.",
+            "a cropped photo of the {}.",
+            "a good photo of a {}.",
+        ],
+        "prompt templates a label is put into; their embeddings are averaged (prompt ensembling)",
+        check=_templates,
+    )
+    vocabulary: str = _opt("", "labels for `imgsearch tag`: a file, one label per line; empty: the built-in vocabulary")
+    top_k: int = _opt(5, "at most this many automatic tags per image")
+    min_probability: float = _opt(
+        0.05,
+        "an automatic tag needs at least this probability (a vocabulary line can set its own: `cat | 0.2`)",
+        check=_fraction,
+    )
+    max_margin: float = _opt(
+        2.5, "and a logit at most this far below the image's best label (2.5: at least 8% of the best's probability)"
+    )
+    auto: bool = _opt(False, "tag new and changed images as `index` and `watch` add them")
+
+
+@dataclass(frozen=True)
 class WatchSettings:
     settle_seconds: float = _opt(1.0, "quiet time before changed files are indexed (a copy still growing waits longer)")
 
@@ -83,6 +126,7 @@ SECTIONS: dict[str, type] = {
     "index": IndexSettings,
     "search": SearchSettings,
     "watch": WatchSettings,
+    "tagging": TaggingSettings,
 }
 
 
@@ -95,6 +139,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    tagging: TaggingSettings = field(default_factory=TaggingSettings)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -204,9 +249,13 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
-    if expected is int and value < 0:
+    if expected in (int, float) and value < 0:
         raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
-    return float(value) if expected is float else value
+    value = float(value) if expected is float else value
+    problem = f.metadata["check"] and f.metadata["check"](value)
+    if problem:
+        raise ConfigError(f"{where}: {key} must {problem}, got {value!r}")
+    return value
 
 
 def _parse_text(key: str, raw: str, where: str) -> Any:

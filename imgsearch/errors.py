@@ -9,6 +9,7 @@
      ├── BusyError                 another process is writing to the same home
      ├── WatchError                the filesystem cannot be watched (inotify limits)
      ├── InterruptedRun            an index run was stopped part-way (what was committed stays)
+     ├── XmpError                  an XMP sidecar cannot be read or written (reported per file by export)
      └── StoreError                the database cannot be used
           └── SchemaTooNewError    the database was written by a newer imgsearch
 
@@ -54,6 +55,10 @@ class WatchError(ImgSearchError):
 
 class InterruptedRun(ImgSearchError):
     exit_code = 130
+
+
+class XmpError(ImgSearchError):
+    """A sidecar cannot be read as XMP, or cannot be written."""
 
 
 class StoreError(ImgSearchError):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from imgsearch.types import Hit, IndexReport, Skipped, Status
+from imgsearch.types import ExportReport, Hit, IndexReport, LabelResult, Skipped, Status, TagCount, TagRecord, TagReport
 
 
 def to_json(obj: Any) -> str:
@@ -35,7 +35,65 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
         lines.append(f"  ... and {len(r.skipped) - max_skipped} more (imgsearch status --errors)")
     if r.known_bad:
         lines.append(f"  {r.known_bad} files that failed before are unchanged (imgsearch status --errors)")
+    if r.tagged is not None and r.tagged.images:
+        lines.append(tag_report(r.tagged))
     return "\n".join(lines)
+
+
+def tag_report(r: TagReport) -> str:
+    embedded = f", {r.prompts_embedded} label prompts embedded" if r.prompts_embedded else ""
+    return (
+        f"tagged {r.images} images against {r.labels} labels ({r.vocabulary}): {r.changed} changed, "
+        f"+{r.added} -{r.removed} tags{embedded} ({r.seconds:.1f} s)"
+    )
+
+
+def export_report(r: ExportReport, max_failed: int = 20) -> str:
+    lines = [f"wrote {r.written} XMP sidecars, {r.unchanged} already up to date, {len(r.failed)} failed"]
+    lines += [f"  {s.path}: {s.reason}" for s in r.failed[:max_failed]]
+    if len(r.failed) > max_failed:
+        lines.append(f"  ... and {len(r.failed) - max_failed} more")
+    return "\n".join(lines)
+
+
+def labels(results: Sequence[LabelResult]) -> str:
+    blocks = []
+    for r in results:
+        rows = [f"{s.probability:.4f}\t{s.label}" for s in r.labels]
+        blocks.append("\n".join(rows) if len(results) == 1 else "\n".join([r.path, *("  " + x for x in rows)]))
+    return "\n".join(blocks)
+
+
+def tag_counts(counts: Sequence[TagCount]) -> str:
+    width = max(len(c.label) for c in counts)
+    lines = [f"{'tag'.ljust(width)}  {'images':>6}  {'auto':>6}  {'hand':>6}"]
+    lines += [f"{c.label.ljust(width)}  {c.auto + c.hand:>6}  {c.auto:>6}  {c.hand:>6}" for c in counts]
+    return "\n".join(lines)
+
+
+def tags_csv(records: Iterable[TagRecord]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "label", "source", "score", "probability"])
+    for r in records:
+        writer.writerow([r.path, r.label, r.source, _num(r.score), _num(r.probability)])
+    return out.getvalue()
+
+
+def tags_by_path(records: Iterable[TagRecord]) -> list[dict[str, Any]]:
+    """[{"path": ..., "tags": [{"label", "source", "score", "probability"}, ...]}, ...] in path order."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        entry = {"label": r.label, "source": r.source, "score": r.score, "probability": r.probability}
+        grouped.setdefault(r.path, []).append(entry)
+    return [{"path": path, "tags": tags} for path, tags in grouped.items()]
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
 
 
 def status(s: Status) -> str:

@@ -23,6 +23,20 @@ class Skipped:
 
 
 @dataclass
+class TagReport:
+    """What a tagging pass did. `images` were examined; `changed` of them got different tags."""
+
+    vocabulary: str = ""
+    labels: int = 0
+    images: int = 0
+    changed: int = 0
+    added: int = 0
+    removed: int = 0
+    prompts_embedded: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class IndexReport:
     """What an index run did. `embedded` counts images that went through the model."""
 
@@ -35,13 +49,14 @@ class IndexReport:
     skipped: list[Skipped] = field(default_factory=list)
     known_bad: int = 0
     seconds: float = 0.0
+    tagged: TagReport | None = None  # with tagging.auto on
 
 
 @dataclass(frozen=True)
 class Progress:
     """A progress event from a long operation. `total` is None while it is still unknown."""
 
-    phase: str  # "scan" | "embed" | "save"
+    phase: str  # "scan" | "embed" | "save" | "labels" (label prompts embedded) | "tag"
     done: int
     total: int | None = None
 
@@ -69,3 +84,49 @@ class Status:
     index_bytes: int
     updated_at: float | None
     roots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label's fit to one image: probability among the labels asked about, and cosine similarity."""
+
+    label: str
+    probability: float
+    score: float
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """`imgsearch label`: an image and its labels, most probable first."""
+
+    path: str
+    labels: list[LabelScore]
+
+
+@dataclass(frozen=True)
+class TagCount:
+    """`imgsearch tags`: a tag and how many indexed images carry it."""
+
+    label: str
+    auto: int
+    hand: int
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    """A tag on an image, for export: source is "auto" or "hand"."""
+
+    path: str
+    label: str
+    source: str
+    score: float | None
+    probability: float | None
+
+
+@dataclass
+class ExportReport:
+    """`imgsearch tag export --xmp`: sidecars written, already up to date, and those that could not be."""
+
+    written: int = 0
+    unchanged: int = 0
+    failed: list[Skipped] = field(default_factory=list)

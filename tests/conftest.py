@@ -49,6 +49,7 @@ def tiny_overrides(tiny: tinyclip.TinyCheckpoint) -> dict[str, str]:
         "model.config_file": str(tiny.config_path),
         "model.pretrained": str(tiny.checkpoint_path),
         "index.batch_size": "8",
+        "tagging.templates": ",".join(tinyclip.TEMPLATES),  # the templates the tiny model was trained with
     }
 
 

@@ -17,8 +17,10 @@ The product loads them like any custom model::
 
 Training feeds images through the same resize/center-crop/normalize pipeline as open_clip's *val*
 preprocess, so embeddings computed by the product match what the model learned. Each training
-batch holds every class equally often; the contrastive loss is computed against the 12 distinct
-captions with class-level targets, so identical captions in a batch are never treated as negatives.
+batch holds every class equally often. Captions are three templates ("a {}", "a photo of a {}",
+"a picture of a {}") filled with a class ("red circle"), a colour ("red") or a shape ("circle"); the
+contrastive loss runs against all distinct captions with every true (picture, caption) pair a
+positive, so "a red circle" finds red circles while "red" finds everything red.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ MODEL_NAME = "imgsearch-tiny-test"
 SHAPE_EXTENT = (0.4, 0.75)  # side of a shape's bounding box, as a fraction of the picture's side
 
 CLASSES: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+# Captions are a template filled with a concept: a class ("red circle"), a colour or a shape. The
+# labelling tests use these templates for prompt ensembling and the single concepts for multi-label tags.
+TEMPLATES: tuple[str, ...] = ("a {}", "a photo of a {}", "a picture of a {}")
+CONCEPTS: tuple[str, ...] = tuple(f"{c} {s}" for c, s in CLASSES) + tuple(COLORS) + SHAPES
 
 MODEL_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
@@ -75,7 +81,17 @@ WARMUP = 15
 
 def caption(color: str, shape: str) -> str:
     """The caption (and zero-shot prompt) of a class, e.g. ``"a red circle"``."""
-    return f"a {color} {shape}"
+    return TEMPLATES[0].format(f"{color} {shape}")
+
+
+def _captions() -> tuple[list[str], torch.Tensor]:
+    """Every trained caption, and which classes each is true of: bool [captions, classes]."""
+    texts, truth = [], []
+    for template in TEMPLATES:
+        for concept in CONCEPTS:
+            texts.append(template.format(concept))
+            truth.append([concept in (f"{c} {s}", c, s) for c, s in CLASSES])
+    return texts, torch.tensor(truth)
 
 
 def draw(color: str, shape: str, rng: random.Random, size: int = 64) -> Image.Image:
@@ -123,13 +139,14 @@ def train(out_dir: Path, seed: int = 0) -> TinyCheckpoint:
     """Train the tiny model and write its config and checkpoint into ``out_dir``; deterministic per seed."""
     _seed_everything(seed)
     model = open_clip.CLIP(**MODEL_CONFIG)
-    # The 49408-row token table dwarfs the rest of the model; only 12 captions are ever seen, so fixed
+    # The 49408-row token table dwarfs the rest of the model; only a few dozen captions are ever seen, so fixed
     # random token vectors suffice and leaving them out of the optimizer makes each step ~3x cheaper.
     model.token_embedding.requires_grad_(False)
     preprocess = _val_preprocess(model)
     images, labels = _training_pool(random.Random(seed), preprocess)
-    tokens = open_clip.tokenize([caption(c, s) for c, s in CLASSES], MODEL_CONFIG["text_cfg"]["context_length"])
-    _fit(model, images, labels, tokens, torch.Generator().manual_seed(seed))
+    texts, truth = _captions()
+    tokens = open_clip.tokenize(texts, MODEL_CONFIG["text_cfg"]["context_length"])
+    _fit(model, images, labels, tokens, truth, torch.Generator().manual_seed(seed))
     return _write(model.eval(), Path(out_dir))
 
 
@@ -191,6 +208,7 @@ def _fit(
     images: torch.Tensor,
     labels: torch.Tensor,
     tokens: torch.Tensor,
+    truth: torch.Tensor,
     generator: torch.Generator,
 ) -> None:
     by_class = [torch.nonzero(labels == k).squeeze(1) for k in range(len(CLASSES))]
@@ -199,7 +217,7 @@ def _fit(
     model.train()
     for _ in range(STEPS):
         index = torch.cat([pool[torch.randperm(len(pool), generator=generator)[:PER_CLASS]] for pool in by_class])
-        loss = _class_contrastive_loss(model, _random_flip(images[index], generator), labels[index], tokens)
+        loss = _class_contrastive_loss(model, _random_flip(images[index], generator), labels[index], tokens, truth)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,17 +247,22 @@ def _warmup_cosine(step: int) -> float:
 
 
 def _class_contrastive_loss(
-    model: open_clip.CLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor
+    model: open_clip.CLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, truth: torch.Tensor
 ) -> torch.Tensor:
-    """Symmetric InfoNCE against the distinct class captions; every same-class pair is a positive."""
+    """Symmetric InfoNCE against the distinct captions, with every true (picture, caption) pair a positive."""
     image_features = model.encode_image(images, normalize=True)
     text_features = model.encode_text(tokens, normalize=True)
-    logits = model.logit_scale.exp() * image_features @ text_features.T  # (batch, classes)
-    image_to_text = F.cross_entropy(logits, labels)
-    positives = F.one_hot(labels, len(tokens)).T.float()  # (classes, batch)
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    text_to_image = -(targets * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    logits = model.logit_scale.exp() * image_features @ text_features.T  # (batch, captions)
+    positives = truth[:, labels].T.float()  # (batch, captions)
+    image_to_text = _soft_cross_entropy(logits, positives)
+    used = positives.sum(dim=0) > 0  # captions true of some picture in this batch
+    text_to_image = _soft_cross_entropy(logits.T[used], positives.T[used])
     return (image_to_text + text_to_image) / 2
+
+
+def _soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def _write(model: open_clip.CLIP, out_dir: Path) -> TinyCheckpoint:

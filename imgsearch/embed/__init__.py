@@ -22,6 +22,8 @@ class Embedder(Protocol):
     model_id: str
     dim: int
     input_size: int  # the model's square input side, for scaled decoding
+    logit_scale: float  # cosine -> logit, as the model was trained (100 for OpenAI's CLIP)
+    logit_bias: float | None  # set for sigmoid-loss models (SigLIP): label probabilities are independent
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """CPU preprocessing of one RGB image to the model's input array. Thread-safe."""

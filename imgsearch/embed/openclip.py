@@ -38,6 +38,7 @@ class OpenClipEmbedder:
         self.device = device
         self.fp16 = fp16
         self.input_size = _input_size(model)
+        self.logit_scale, self.logit_bias = _logit_params(self.model)
         self.dim = int(self.embed_texts(["probe"]).shape[1])
 
     @classmethod
@@ -110,6 +111,16 @@ def _device(setting: str) -> torch.device:
 def _input_size(model: torch.nn.Module) -> int:
     size = getattr(getattr(model, "visual", None), "image_size", 224)
     return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def _logit_params(model: Any) -> tuple[float, float | None]:
+    scale = getattr(model, "logit_scale", None)
+    bias = getattr(model, "logit_bias", None)
+    with torch.no_grad():
+        return (
+            float(scale.exp()) if scale is not None else 100.0,
+            float(bias) if bias is not None else None,
+        )
 
 
 def _normalised(x: torch.Tensor) -> np.ndarray:

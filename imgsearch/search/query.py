@@ -70,7 +70,7 @@ def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> n
     if texts:
         parts.append((np.array([t.weight for t in texts]), embedder.embed_texts([t.value for t in texts])))
     if pictures:
-        loaded = [_load(t.value, max_pixels) for t in pictures]
+        loaded = [load(t.value, max_pixels) for t in pictures]
         parts.append((np.array([t.weight for t in pictures]), embedder.embed_images(loaded)))
     total = sum((w[:, None] * e).sum(axis=0) for w, e in parts)
     norm = float(np.linalg.norm(total))
@@ -79,10 +79,11 @@ def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> n
     return (total / norm).astype(np.float32)
 
 
-def _load(path: str, max_pixels: int) -> Image.Image:
+def load(path: str, max_pixels: int, command: str = "query") -> Image.Image:
+    """An image file given on the command line, or a one-line UsageError saying why it cannot be used."""
     try:
         return images.decode(Path(path).read_bytes(), max_pixels)
     except OSError as exc:
-        raise UsageError(f"query: cannot read image {path}: {exc.strerror}") from None
+        raise UsageError(f"{command}: cannot read image {path}: {exc.strerror}") from None
     except ImageDecodeError as exc:
-        raise UsageError(f"query: cannot use image {path}: {exc}") from None
+        raise UsageError(f"{command}: cannot use image {path}: {exc}") from None

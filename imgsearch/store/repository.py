@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from imgsearch.errors import ModelMismatchError, SchemaTooNewError, StoreError
-from imgsearch.store.schema import images, meta, roots, skipped
+from imgsearch.store.schema import image_tags, images, meta, roots, skipped
 from imgsearch.types import Skipped
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -54,6 +54,12 @@ def prefix_range(root: str) -> tuple[str, str]:
     """Bounds such that root/<anything> sorts inside [lo, hi): '/' is followed by '0' in byte order."""
     base = root.rstrip("/")
     return base + "/", base + "0"
+
+
+def under(column: ColumnElement[str], root: str) -> ColumnElement[bool]:
+    """The path column is root itself or inside it (an index range scan, not LIKE)."""
+    lo, hi = prefix_range(root)
+    return ((column >= lo) & (column < hi)) | (column == root)
 
 
 class Store:
@@ -128,9 +134,8 @@ class Store:
         return int(conn.execute(select(func.count()).select_from(images)).scalar_one())
 
     def images_under(self, conn: Connection, root: str) -> dict[str, StoredImage]:
-        lo, hi = prefix_range(root)
         cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash)
-        stmt = select(*cols).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == root))
+        stmt = select(*cols).where(under(images.c.path, root))
         return {r.path: StoredImage(*r) for r in conn.execute(stmt)}
 
     def find_by_hash(self, content_hash: str) -> list[StoredImage]:
@@ -151,14 +156,23 @@ class Store:
         return int(conn.execute(insert(images).values(**values).returning(images.c.id)).scalar_one())
 
     def replace_image(self, conn: Connection, image_id: int, new: NewImage) -> None:
-        conn.execute(update(images).where(images.c.id == image_id).values(**_row_values(new)))
+        """New content under a known path: same id; its auto tags described the old content and go."""
+        conn.execute(update(images).where(images.c.id == image_id).values(**_row_values(new), tags_key=None))
+        conn.execute(delete(image_tags).where((image_tags.c.path == new.path) & (image_tags.c.source == "auto")))
 
     def move_image(self, conn: Connection, image_id: int, path: str, size: int, mtime_ns: int) -> None:
+        """Same content under a new path (or touched in place): the row, its id and its tags follow."""
+        old = conn.execute(select(images.c.path).where(images.c.id == image_id)).scalar_one()
         stmt = update(images).where(images.c.id == image_id).values(path=path, size=size, mtime_ns=mtime_ns)
         conn.execute(stmt)
+        if old != path:
+            conn.execute(delete(image_tags).where(image_tags.c.path == path))
+            conn.execute(update(image_tags).where(image_tags.c.path == old).values(path=path))
 
     def delete_images(self, conn: Connection, ids: Sequence[int]) -> None:
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
+            paths = select(images.c.path).where(images.c.id.in_(chunk)).scalar_subquery()
+            conn.execute(delete(image_tags).where(image_tags.c.path.in_(paths)))
             conn.execute(delete(images).where(images.c.id.in_(chunk)))
 
     def all_vectors(self, conn: Connection | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -175,24 +189,23 @@ class Store:
         return ids, vectors.astype(np.float32, copy=False)
 
     def ids_under(self, root: str) -> np.ndarray:
-        lo, hi = prefix_range(root)
-        stmt = select(images.c.id).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == root))
+        stmt = select(images.c.id).where(under(images.c.path, root))
         with self.read() as conn:
             return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
 
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         with self.read() as conn:
-            for chunk in _chunks(list(ids), 500):
+            for chunk in chunks(list(ids), 500):
                 out.update(conn.execute(select(images.c.id, images.c.path).where(images.c.id.in_(chunk))).all())
         return out
 
     # skipped files
 
     def skipped_under(self, conn: Connection, root: str) -> dict[str, tuple[int, int]]:
-        lo, hi = prefix_range(root)
-        where = ((skipped.c.path >= lo) & (skipped.c.path < hi)) | (skipped.c.path == root)
-        rows = conn.execute(select(skipped.c.path, skipped.c.size, skipped.c.mtime_ns).where(where))
+        rows = conn.execute(
+            select(skipped.c.path, skipped.c.size, skipped.c.mtime_ns).where(under(skipped.c.path, root))
+        )
         return {r.path: (r.size, r.mtime_ns) for r in rows}
 
     def record_skipped(self, conn: Connection, path: str, size: int, mtime_ns: int, reason: str) -> None:
@@ -201,7 +214,7 @@ class Store:
         conn.execute(stmt.on_conflict_do_update(index_elements=[skipped.c.path], set_=values))
 
     def forget_skipped(self, conn: Connection, paths: Iterable[str]) -> None:
-        for chunk in _chunks(list(paths), 500):
+        for chunk in chunks(list(paths), 500):
             conn.execute(delete(skipped).where(skipped.c.path.in_(chunk)))
 
     def skipped_files(self) -> list[Skipped]:
@@ -227,6 +240,7 @@ class Store:
     def clear_images(self, conn: Connection) -> None:
         """Forget every vector (for a rebuild with another model); roots are kept."""
         conn.execute(delete(images))
+        conn.execute(delete(image_tags).where(image_tags.c.source == "auto"))  # hand tags find their files again
         conn.execute(delete(skipped))
         conn.execute(delete(meta).where(meta.c.key.in_(["model_id", "dim"])))
 
@@ -251,7 +265,7 @@ def _row_values(new: NewImage) -> dict[str, Any]:
     }
 
 
-def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text
 
 metadata = MetaData()
 
@@ -19,6 +19,8 @@ images = Table(
     Column("height", Integer, nullable=False),
     Column("vector", LargeBinary, nullable=False),
     Column("indexed_at", Float, nullable=False),
+    # What the image was last auto-tagged against (see search.labels.rule_key); NULL: not yet, or content changed.
+    Column("tags_key", String(32), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -44,4 +46,30 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# One row per (image path, tag). source: "auto" (the tagger owns it), "hand" (added by a person) or
+# "rejected" (removed by a person: the tagger must not add it back). Labels compare case-insensitively.
+# Keyed by path, not image id, so that hand tags outlive `index --rebuild`, which renumbers every image.
+image_tags = Table(
+    "image_tags",
+    metadata,
+    Column("path", Text, nullable=False),
+    Column("label", Text(collation="NOCASE"), nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("score", Float, nullable=True),  # cosine similarity of image and label (auto tags)
+    Column("probability", Float, nullable=True),  # the label's probability among the vocabulary (auto tags)
+    Column("tagged_at", Float, nullable=False),
+    PrimaryKeyConstraint("path", "label"),
+    Index("ix_image_tags_label", "label"),
+)
+
+# Cached text embeddings (label prompts), per model.
+text_vectors = Table(
+    "text_vectors",
+    metadata,
+    Column("model_id", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model_id", "text"),
 )

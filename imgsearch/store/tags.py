@@ -1,0 +1,213 @@
+"""The SQL of tags and of cached label embeddings.
+
+Tags live in `image_tags`, keyed by image path. The auto-tagger owns the rows with source "auto";
+rows a person made ("hand", or "rejected" for a tag removed by hand) are never touched by it.
+`images.tags_key` records what each image was last auto-tagged against, so that `tag` only
+re-examines images that are new, changed, or tagged under another vocabulary or rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Connection, and_, case, delete, func, or_, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from imgsearch.store.repository import chunks, under
+from imgsearch.store.schema import image_tags, images, text_vectors
+from imgsearch.types import TagRecord
+
+AUTO, HAND, REJECTED = "auto", "hand", "rejected"
+
+
+@dataclass(frozen=True)
+class AutoTag:
+    label: str
+    score: float
+    probability: float
+
+
+# label embeddings
+
+
+def cached_text_vectors(conn: Connection, model_id: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for chunk in chunks(list(texts), 500):
+        where = (text_vectors.c.model_id == model_id) & text_vectors.c.text.in_(chunk)
+        for text, blob in conn.execute(select(text_vectors.c.text, text_vectors.c.vector).where(where)):
+            out[text] = np.frombuffer(blob, dtype="<f4").copy()
+    return out
+
+
+def cache_text_vectors(conn: Connection, model_id: str, vectors: Mapping[str, np.ndarray]) -> None:
+    rows = [
+        {"model_id": model_id, "text": t, "vector": np.ascontiguousarray(v, dtype="<f4").tobytes()}
+        for t, v in vectors.items()
+    ]
+    if rows:
+        conn.execute(sqlite_insert(text_vectors).on_conflict_do_nothing(), rows)
+
+
+# the auto-tagger
+
+
+def untagged(conn: Connection, key: str, root: str | None, limit: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Up to `limit` images (ids, paths, vectors) not yet auto-tagged under `key`, optionally under root."""
+    where = or_(images.c.tags_key.is_(None), images.c.tags_key != key)
+    if root is not None:
+        where = and_(where, under(images.c.path, root))
+    stmt = select(images.c.id, images.c.path, images.c.vector).where(where).order_by(images.c.id).limit(limit)
+    rows = conn.execute(stmt).all()
+    ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, [], np.zeros((0, 0), dtype=np.float32)
+    vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), -1)
+    return ids, [r.path for r in rows], vectors
+
+
+def count_untagged(conn: Connection, key: str, root: str | None) -> int:
+    where = or_(images.c.tags_key.is_(None), images.c.tags_key != key)
+    if root is not None:
+        where = and_(where, under(images.c.path, root))
+    return int(conn.execute(select(func.count()).select_from(images).where(where)).scalar_one())
+
+
+def tags_of(conn: Connection, paths: Sequence[str]) -> dict[str, dict[str, tuple[str, float | None]]]:
+    """{path: {label (case-folded): (source, probability)}} for the given paths."""
+    out: dict[str, dict[str, tuple[str, float | None]]] = {p: {} for p in paths}
+    cols = (image_tags.c.path, image_tags.c.label, image_tags.c.source, image_tags.c.probability)
+    for chunk in chunks(list(paths), 500):
+        for path, label, source, probability in conn.execute(select(*cols).where(image_tags.c.path.in_(chunk))):
+            out[path][label.casefold()] = (source, probability)
+    return out
+
+
+def replace_auto_tags(conn: Connection, path: str, add: Sequence[AutoTag], remove: Sequence[str]) -> None:
+    """Remove the image's auto tags named in `remove`, then write `add` (hand and rejected rows are left alone)."""
+    if remove:
+        where = (image_tags.c.path == path) & (image_tags.c.source == AUTO) & image_tags.c.label.in_(remove)
+        conn.execute(delete(image_tags).where(where))
+    if add:
+        now = time.time()
+        rows = [
+            {
+                "path": path,
+                "label": t.label,
+                "source": AUTO,
+                "score": t.score,
+                "probability": t.probability,
+                "tagged_at": now,
+            }
+            for t in add
+        ]
+        stmt = sqlite_insert(image_tags)
+        refresh = {"score": stmt.excluded.score, "probability": stmt.excluded.probability, "label": stmt.excluded.label}
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[image_tags.c.path, image_tags.c.label], set_=refresh, where=image_tags.c.source == AUTO
+            ),
+            rows,
+        )
+
+
+def mark_tagged(conn: Connection, ids: Sequence[int], key: str) -> None:
+    for chunk in chunks(list(ids), 500):
+        conn.execute(update(images).where(images.c.id.in_(chunk)).values(tags_key=key))
+
+
+def forget_tagging(conn: Connection) -> None:
+    """Make every image look untagged, so the next `tag` re-examines all of them."""
+    conn.execute(update(images).values(tags_key=None))
+
+
+# tags by hand
+
+
+def set_hand_tag(conn: Connection, paths: Sequence[str], label: str, present: bool) -> int:
+    """Add (present) or remove a tag by hand on indexed images; returns how many images changed."""
+    source = HAND if present else REJECTED
+    changed = 0
+    current = tags_of(conn, paths)
+    now = time.time()
+    for path in paths:
+        before = current[path].get(label.casefold(), (None, None))[0]
+        if before == source:
+            continue
+        # A removal with no tag to remove is still recorded: the tagger must not add that label later.
+        _upsert_hand(conn, path, label, source, now)
+        changed += present or before in (AUTO, HAND)
+    return changed
+
+
+def _upsert_hand(conn: Connection, path: str, label: str, source: str, now: float) -> None:
+    values = {"path": path, "label": label, "source": source, "score": None, "probability": None, "tagged_at": now}
+    stmt = sqlite_insert(image_tags).values(**values)
+    update_values = {"source": source, "score": None, "probability": None, "tagged_at": now, "label": label}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[image_tags.c.path, image_tags.c.label], set_=update_values))
+
+
+# reading
+
+
+def counts(conn: Connection) -> list[tuple[str, int, int]]:
+    """(label, images tagged automatically, images tagged by hand), most used first."""
+    auto = func.sum(case((image_tags.c.source == AUTO, 1), else_=0))
+    hand = func.sum(case((image_tags.c.source == HAND, 1), else_=0))
+    stmt = (
+        select(func.min(image_tags.c.label), auto, hand)
+        .join(images, images.c.path == image_tags.c.path)
+        .where(image_tags.c.source != REJECTED)
+        .group_by(image_tags.c.label)
+        .order_by((auto + hand).desc(), func.min(image_tags.c.label))
+    )
+    return [(label, int(a), int(h)) for label, a, h in conn.execute(stmt)]
+
+
+def ids_with_all(conn: Connection, labels: Sequence[str], root: str | None) -> np.ndarray:
+    """Ids of indexed images carrying every one of `labels` (by hand or automatically)."""
+    stmt = select(images.c.id)
+    for label in labels:
+        tagged = select(image_tags.c.path).where((image_tags.c.label == label) & (image_tags.c.source != REJECTED))
+        stmt = stmt.where(images.c.path.in_(tagged))
+    if root is not None:
+        stmt = stmt.where(under(images.c.path, root))
+    return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
+
+
+def ranked(conn: Connection, label: str, ids: np.ndarray) -> list[tuple[int, str, str, float | None]]:
+    """(id, path, source, probability) of images among `ids` tagged `label`: hand tags first, then by probability."""
+    out: list[tuple[int, str, str, float | None]] = []
+    for chunk in chunks([int(i) for i in ids], 500):
+        stmt = (
+            select(images.c.id, images.c.path, image_tags.c.source, image_tags.c.probability)
+            .join(image_tags, images.c.path == image_tags.c.path)
+            .where((image_tags.c.label == label) & images.c.id.in_(chunk))
+        )
+        out.extend((r.id, r.path, r.source, r.probability) for r in conn.execute(stmt))
+    out.sort(key=lambda r: (r[2] != HAND, -(r[3] or 0.0), r[1]))
+    return out
+
+
+def rows(conn: Connection, root: str | None) -> Iterator[TagRecord]:
+    """Every tag of every indexed image (not rejected ones), by path."""
+    stmt = (
+        select(image_tags.c.path, image_tags.c.label, image_tags.c.source, image_tags.c.score, image_tags.c.probability)
+        .join(images, images.c.path == image_tags.c.path)
+        .where(image_tags.c.source != REJECTED)
+        .order_by(image_tags.c.path, image_tags.c.source.desc(), image_tags.c.probability.desc())
+    )
+    if root is not None:
+        stmt = stmt.where(under(image_tags.c.path, root))
+    for r in conn.execute(stmt):
+        yield TagRecord(*r)
+
+
+def indexed_paths(conn: Connection, root: str | None) -> list[str]:
+    """The indexed image at root, or every one under it (root None: all)."""
+    stmt = select(images.c.path).order_by(images.c.path)
+    if root is not None:
+        stmt = stmt.where(under(images.c.path, root))
+    return list(conn.execute(stmt).scalars())
