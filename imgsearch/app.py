@@ -23,10 +23,12 @@ from imgsearch.config import Settings, load_settings
 from imgsearch.errors import BusyError, IndexEmptyError, UsageError
 from imgsearch.types import (
     ExportReport,
+    GenerationResult,
     Hit,
     IndexReport,
     LabelResult,
     LabelScore,
+    MatchVerdict,
     Progress,
     QueryTerm,
     Skipped,
@@ -34,6 +36,7 @@ from imgsearch.types import (
     TagCount,
     TagRecord,
     TagReport,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ class Library:
         self._embedder = embedder
         self._store: Store | None = None
         self._index: tuple[int, FaissIndex] | None = None
+        self._generated: tuple[int, np.ndarray] | None = None
 
     @classmethod
     def open(
@@ -200,8 +204,11 @@ class Library:
         for p in paths:
             path = Path(p).expanduser()
             if not path.exists():
-                raise UsageError(f"index: no such file or folder: {p}")
-            roots.append(str(path.resolve()))
+                raise UsageError(f"index: no such file or folder: {printable(str(p))}")
+            resolved = str(path.resolve())
+            if printable(resolved) != resolved:
+                raise UsageError(f"index: the path {printable(resolved)} is not valid UTF-8; rename it to index it")
+            roots.append(resolved)
         return roots
 
     @contextmanager
@@ -247,17 +254,20 @@ class Library:
         k: int | None = None,
         path_prefix: str | Path | None = None,
         tags: Sequence[str] = (),
+        include_generated: bool = False,
     ) -> list[Hit]:
         """Images best matching a query: text and/or image terms (see imgsearch.search.query).
 
         With `tags`, only images carrying all of them are searched; with tags alone, the images
-        tagged with the first are listed, hand tags first, then by the tag's probability.
+        tagged with the first are listed, hand tags first, then by the tag's probability. Images
+        made by `generate` are left out unless include_generated.
         """
         if tags and not text.strip() and not images:
             return self.tagged(tags, k=k, path_prefix=path_prefix)
         terms = self.parse_query(text, images)
         self._check_model()
-        return self.search_vector(self.query_vector(terms), k=k, path_prefix=path_prefix, tags=tags)
+        vector = self.query_vector(terms)
+        return self.search_vector(vector, k=k, path_prefix=path_prefix, tags=tags, include_generated=include_generated)
 
     def parse_query(self, text: str = "", images: Sequence[str | Path] = ()) -> list[QueryTerm]:
         from imgsearch.search import query as q
@@ -284,10 +294,12 @@ class Library:
         k: int | None = None,
         path_prefix: str | Path | None = None,
         tags: Sequence[str] = (),
+        include_generated: bool = False,
     ) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
         k = k or self.settings.search.top_k
         index = self._vector_index()
+        hidden = np.zeros(0, dtype=np.int64) if include_generated else self._generated_ids()
         allowed = None
         if tags:
             allowed = self._ids_tagged(tags, path_prefix)
@@ -295,8 +307,10 @@ class Library:
             allowed = self.store.ids_under(_absolute(path_prefix))
         if allowed is not None and not len(allowed):
             return []
-        scores, ids = index.search(vector[None, :], k, allowed)
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        # Generated images are few: ask for that many more and drop them, rather than pass a huge selector.
+        scores, ids = index.search(vector[None, :], k + len(hidden), allowed)
+        skip = set(hidden.tolist())
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip][:k]
         paths = self.store.paths_of(i for i, _ in found)
         return [Hit(i, paths[i], s) for i, s in found if i in paths]
 
@@ -317,6 +331,12 @@ class Library:
         with self.store.read() as conn:
             return sql.ids_with_all(conn, [t.strip() for t in tags], root)
 
+    def _generated_ids(self) -> np.ndarray:
+        generation = self.store.generation()
+        if self._generated is None or self._generated[0] != generation:
+            self._generated = (generation, self.store.generated_ids())
+        return self._generated[1]
+
     def _vector_index(self) -> FaissIndex:
         from imgsearch.store import sync
 
@@ -329,14 +349,110 @@ class Library:
         return self._index[1]
 
     def _save_if_idle(self, loaded: sync.Loaded) -> None:
-        """Persist a rebuilt cache unless a writer is busy (it will save a newer one itself)."""
+        """Persist a rebuilt cache unless a writer is busy (it will save a newer one itself).
+
+        A cache that cannot be written (a full disk) is not the query's failure: it searches the rebuilt one.
+        """
+        from imgsearch.errors import StoreError
         from imgsearch.store import sync
 
         try:
             with self._writer_lock():
                 sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
-        except (BusyError, OSError):
+        except (BusyError, StoreError, OSError):
             pass
+
+    # generation
+
+    def match(self, text: str, hits: Sequence[Hit] | None = None) -> MatchVerdict:
+        """Whether the library holds an image for a text query, judged against contrasting prompts.
+
+        A bare cosine cutoff does not carry across prompts or collections. Instead, for each of the
+        top hits, the query's similarity is compared with that same image's similarity to every
+        contrasting prompt (the contrast vocabulary, each label prompt-ensembled, plus a few generic
+        ones): evidence = logit_scale x (query - best rival). An image that is what the query says
+        scores the query about as high as its best label (evidence near 0 or above); one that merely
+        resembles it loses clearly to a label that fits it better. No match when the best evidence
+        is below -generate.match_margin.
+        """
+        from imgsearch.search import labels as lb
+        from imgsearch.search.tagger import LabelVectors
+
+        gs = self.settings.generate
+        terms = self.parse_query(text)
+        if any(t.kind != "text" for t in terms):
+            raise UsageError("generate-if-missing: the query must be text only")
+        if self.store.count() == 0:
+            return MatchVerdict(False, None, gs.match_margin, None, None)
+        self._check_model()
+        query = self.query_vector(terms)
+        top = list(hits if hits is not None else self.search_vector(query, k=gs.match_candidates))[
+            : gs.match_candidates
+        ]
+        if not top:
+            return MatchVerdict(False, None, gs.match_margin, None, None)
+        embedder = self.embedder
+        labels = _unique(
+            self._vocabulary(gs.contrast_vocabulary or None)[0] + lb.parse_labels(",".join(GENERIC_LABELS))
+        )
+        rivals = LabelVectors(self.store, lambda: embedder, self.settings.tagging.templates).matrix(
+            embedder.model_id, labels
+        )
+        with self.store.read() as conn:
+            vectors = np.stack([self.store.embedding_of(conn, h.id)[0] for h in top])
+        evidence = embedder.logit_scale * (vectors @ query - (vectors @ rivals.T).max(axis=1))
+        best = int(np.argmax(evidence))
+        rival = labels[int((vectors[best] @ rivals.T).argmax())].name
+        value = float(evidence[best])
+        return MatchVerdict(value >= -gs.match_margin, value, gs.match_margin, top[best].path, rival)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        steps: int = 0,
+        size: tuple[int, int] | None = None,
+        seed: int | None = None,
+        init_image: str | Path | None = None,
+        generator: str | None = None,
+        on_progress: OnProgress = _ignore,
+        on_notice: Callable[[str], None] = lambda text: None,
+        stop: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Synthesise an image for the prompt with CLIP guidance (VQGAN, else the Fourier fallback).
+
+        Saved as PNG under generate.output_dir with its provenance in text chunks; with
+        generate.add_to_index it is indexed too (marked generated). Same seed, same device: same image.
+        """
+        from imgsearch import generate as gen
+        from imgsearch.search import query as q
+
+        if not prompt.strip():
+            raise UsageError("generate: give a prompt")
+        if steps < 0 or (size is not None and min(size) < 8):
+            raise UsageError("generate: --steps must be positive and --size at least 8 pixels")
+        init = q.load(str(init_image), self.settings.index.max_pixels, "generate") if init_image else None
+        width, height = size or (0, 0)
+        request = gen.Request(
+            prompt.strip(), steps, width, height, seed, init, generator or self.settings.generate.generator
+        )
+        result = gen.run(
+            request,
+            self.embedder,
+            self.settings.generate,
+            self.settings.model_cache_dir,
+            self.settings.generated_dir,
+            self.settings.model.download_timeout,
+            on_progress,
+            on_notice,
+            stop.is_set if stop is not None else lambda: False,
+        )
+        if self.settings.generate.add_to_index:
+            try:
+                self.index([self.settings.generated_dir])
+            except BusyError as exc:
+                on_notice(f"not indexed yet: {exc}")
+        return result
 
     # labels and tags
 
@@ -492,6 +608,8 @@ class Library:
     # reporting
 
     def status(self) -> Status:
+        import sqlite3  # the library SQLAlchemy's pysqlite driver runs on
+
         from imgsearch.store.sync import choose_params
 
         store = self.store
@@ -510,10 +628,25 @@ class Library:
             index_bytes=_size(index_path),
             updated_at=float(updated) if updated else None,
             roots=tuple(store.roots()),
+            sqlite_version=sqlite3.sqlite_version,
         )
 
     def skipped(self) -> list[Skipped]:
         return self.store.skipped_files()
+
+
+# Contrasting prompts that fit any picture a little: a query must beat them too.
+GENERIC_LABELS = ("thing", "object", "scene", "picture", "pattern")
+
+
+def _unique(labels: Sequence[Label]) -> list[Label]:
+    seen: set[str] = set()
+    out = []
+    for label in labels:
+        if label.name.casefold() not in seen:
+            seen.add(label.name.casefold())
+            out.append(label)
+    return out
 
 
 def _absolute(path: str | Path) -> str:

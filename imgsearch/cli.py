@@ -127,6 +127,10 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(), help="Find images similar to this one.")
 @click.option("--path-prefix", type=click.Path(), help="Only results under this folder.")
 @click.option("-t", "--tag", "tags", multiple=True, help="Only images with this tag (repeat: all of them).")
+@click.option("--include-generated", is_flag=True, help="Also return images made by `imgsearch generate`.")
+@click.option(
+    "--generate-if-missing", is_flag=True, help="When nothing matches the text, generate an image (VQGAN+CLIP)."
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 @click.pass_context
 def query(
@@ -136,6 +140,8 @@ def query(
     images: tuple[str, ...],
     path_prefix: str | None,
     tags: tuple[str, ...],
+    include_generated: bool,
+    generate_if_missing: bool,
     as_json: bool,
 ) -> None:
     """Find images matching TERMS: text, image paths, or weighted sums.
@@ -147,14 +153,96 @@ def query(
     imgsearch query --tag cat "on a sofa"
     imgsearch query --tag cat            (images tagged cat, by probability)
     """
+    from imgsearch.errors import IndexEmptyError
+
+    text = " ".join(terms)
     with _library(ctx) as lib:
-        hits = lib.query(" ".join(terms), images=images, k=top, path_prefix=path_prefix, tags=tags)
+        try:
+            hits = lib.query(
+                text, images=images, k=top, path_prefix=path_prefix, tags=tags, include_generated=include_generated
+            )
+        except IndexEmptyError:
+            if not generate_if_missing:
+                raise
+            hits = []
+        if generate_if_missing:
+            if images or tags or path_prefix:
+                raise click.UsageError("--generate-if-missing works with a text query alone")
+            _query_or_generate(ctx, lib, text, hits, as_json)
+            return
     if as_json:
         click.echo(render.to_json(hits))
     elif hits:
         click.echo(render.hits(hits))
     else:
         click.echo("no matches", err=True)
+
+
+def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[Any], as_json: bool) -> None:
+    verdict = lib.match(text, hits)
+    result = None
+    if not verdict.matched:
+        if not as_json:
+            click.echo(render.hits(hits), nl=bool(hits))
+            click.echo(render.verdict(verdict), err=True)
+        with _stop_on_signals() as stop, _progress(as_json) as on_progress:
+            result = lib.generate(
+                text, on_progress=on_progress, on_notice=lambda line: click.echo(line, err=True), stop=stop
+            )
+    if as_json:
+        click.echo(render.to_json({"hits": hits, "match": verdict, "generated": result}))
+    elif result is None:
+        click.echo(render.hits(hits))
+    else:
+        click.echo(render.generation(result))
+
+
+@cli.command()
+@click.argument("prompt", nargs=-1, required=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps (generate.steps).")
+@click.option("--size", help="Side, or WIDTHxHEIGHT, in pixels (generate.size).")
+@click.option("--seed", type=click.IntRange(min=0), help="Same seed, same device: the same image.")
+@click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this picture instead of noise.")
+@click.option("--generator", type=click.Choice(["auto", "vqgan", "fourier"]), help="generate.generator")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def generate(
+    ctx: click.Context,
+    prompt: tuple[str, ...],
+    steps: int | None,
+    size: str | None,
+    seed: int | None,
+    init_image: str | None,
+    generator: str | None,
+    as_json: bool,
+) -> None:
+    """Synthesise an image for PROMPT: VQGAN+CLIP (or the weight-free fallback), saved as PNG with provenance."""
+    with _stop_on_signals() as stop, _library(ctx) as lib, _progress(as_json) as on_progress:
+        result = lib.generate(
+            " ".join(prompt),
+            steps=steps or 0,
+            size=_size(size),
+            seed=seed,
+            init_image=init_image,
+            generator=generator,
+            on_progress=on_progress,
+            on_notice=lambda line: click.echo(line, err=True),
+            stop=stop,
+        )
+    click.echo(render.to_json(result) if as_json else render.generation(result))
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"expected SIDE or WIDTHxHEIGHT, got {text!r}", param_hint="--size") from None
+    if len(numbers) not in (1, 2) or min(numbers) < 8 or max(numbers) > 4096:
+        raise click.BadParameter(f"expected 8..4096 pixels, got {text!r}", param_hint="--size")
+    return (numbers[0], numbers[-1])
 
 
 @cli.command()
@@ -372,6 +460,8 @@ def _progress(quiet: bool) -> Iterator[Any]:
                 task = tasks[event.phase] = bar.add_task(event.phase, total=event.total, rate="")
             speed = bar.tasks[task].speed
             rate = f"{speed:.1f} files/s" if speed and event.phase == "embed" else ""
+            if event.score is not None:
+                rate = f"CLIP score {event.score:.3f}"
             bar.update(task, completed=event.done, total=event.total, rate=rate)
 
         yield on_progress

@@ -12,6 +12,7 @@ user's data directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -121,12 +122,37 @@ class WatchSettings:
     settle_seconds: float = _opt(1.0, "quiet time before changed files are indexed (a copy still growing waits longer)")
 
 
+@dataclass(frozen=True)
+class GenerateSettings:
+    generator: str = _opt(
+        "auto", "auto (VQGAN if its weights can be had, else Fourier), vqgan or fourier", ("auto", "vqgan", "fourier")
+    )
+    vqgan_checkpoint: str = _opt(
+        "vqgan_imagenet_f16_16384",
+        "a taming-transformers VQGAN: a known name (fetched and cached on first use) or a local .ckpt file",
+    )
+    vqgan_config: str = _opt("", "the checkpoint's taming .yaml; empty: the .ckpt's name with .yaml")
+    steps: int = _opt(0, "optimisation steps; 0: 300 on a GPU, 60 on a CPU")
+    size: int = _opt(0, "image side in pixels; 0: 256 on a GPU, 128 on a CPU")
+    cutouts: int = _opt(0, "random crops CLIP judges each step; 0: 32 on a GPU, 8 on a CPU")
+    learning_rate: float = _opt(0.1, "Adam step size for the latent (VQGAN) or spectrum (Fourier)")
+    output_dir: str = _opt("", "where generated PNGs are saved; empty: HOME/generated")
+    add_to_index: bool = _opt(False, "index each generated image (marked generated; queries skip them by default)")
+    match_margin: float = _opt(
+        1.0,
+        "no match when the query's logit on each top hit is more than this below a contrasting prompt's",
+    )
+    match_candidates: int = _opt(3, "top hits examined for the no-match decision")
+    contrast_vocabulary: str = _opt("", "contrasting labels for the no-match decision; empty: tagging.vocabulary")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "index": IndexSettings,
     "search": SearchSettings,
     "watch": WatchSettings,
     "tagging": TaggingSettings,
+    "generate": GenerateSettings,
 }
 
 
@@ -140,6 +166,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     tagging: TaggingSettings = field(default_factory=TaggingSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -149,6 +176,10 @@ class Settings:
     @property
     def vector_index_path(self) -> Path:
         return self.home / "vectors.faiss"
+
+    @property
+    def generated_dir(self) -> Path:
+        return Path(self.generate.output_dir).expanduser() if self.generate.output_dir else self.home / "generated"
 
     @property
     def model_cache_dir(self) -> Path:
@@ -170,7 +201,7 @@ def registry() -> dict[str, dataclasses.Field[Any]]:
 def default_home() -> Path:
     env = os.environ.get(ENV_PREFIX + "HOME")
     if env:
-        return Path(env).expanduser()
+        return _expand(env, "IMGSEARCH_HOME")
     import platformdirs
 
     return Path(platformdirs.user_data_dir("imgsearch", appauthor=False))
@@ -184,10 +215,10 @@ def load_settings(
 ) -> Settings:
     """Build Settings from all layers. Raises ConfigError on any bad key or value."""
     environ = os.environ if environ is None else environ
-    home_path = Path(home).expanduser() if home else default_home()
+    home_path = _expand(home, "home") if home else default_home()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    file = Path(config_path).expanduser() if config_path else home_path / "config.yaml"
+    file = _expand(config_path, "--config") if config_path else home_path / "config.yaml"
     if config_path and not file.is_file():
         raise ConfigError(f"--config: no such file: {file}")
     if file.is_file():
@@ -197,12 +228,31 @@ def load_settings(
     for name, raw in environ.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             key = name[len(ENV_PREFIX) :].lower().replace("__", ".", 1)
-            values[key] = _coerce(key, _parse_text(key, raw, f"environment {name}"), f"environment {name}")
+            where = f"environment {name if name.isprintable() else _show(name)}"
+            values[key] = _coerce(key, _parse_text(key, raw, where), where)
             sources[key] = f"env {name}"
     for key, raw in (overrides or {}).items():
         values[key] = _coerce(key, _parse_text(key, raw, "--set"), "--set")
         sources[key] = "--set"
     return _build(home_path, values, sources)
+
+
+def _expand(path: Path | str, what: str) -> Path:
+    try:
+        return Path(path).expanduser()
+    except (RuntimeError, ValueError):  # "~someone" with no such user (or a NUL in the name)
+        raise ConfigError(f"{what}: cannot expand {_show(str(path))}: no such user") from None
+
+
+def _show(value: Any) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    return _clip(repr(value), 80)
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """Text for a one-line message: whitespace runs (newlines too) become one space; long text is cut."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _build(home: Path, values: dict[str, Any], sources: dict[str, str]) -> Settings:
@@ -217,7 +267,7 @@ def _field(key: str, where: str) -> dataclasses.Field[Any]:
     f = registry().get(key)
     if f is None:
         known = ", ".join(sorted({k.split(".")[0] for k in registry()}))
-        raise ConfigError(f"{where}: unknown setting '{key}' (sections: {known}; `imgsearch config` lists all)")
+        raise ConfigError(f"{where}: unknown setting {_show(key)} (sections: {known}; `imgsearch config` lists all)")
     return f
 
 
@@ -245,16 +295,18 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         or (expected is list and isinstance(value, list) and all(isinstance(v, str) for v in value))
     )
     if not ok:
-        raise ConfigError(f"{where}: {key} must be {_type_name(default)}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be {_type_name(default)}, got {_show(value)}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {_show(value)}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {_show(value)}")
     if expected in (int, float) and value < 0:
-        raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
+        raise ConfigError(f"{where}: {key} must not be negative, got {_show(value)}")
     value = float(value) if expected is float else value
     problem = f.metadata["check"] and f.metadata["check"](value)
     if problem:
-        raise ConfigError(f"{where}: {key} must {problem}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must {problem}, got {_show(value)}")
     return value
 
 
@@ -285,17 +337,21 @@ def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
 
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML (not UTF-8 text: byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}{_yaml_line(exc)}: not valid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of sections")
     out: dict[str, tuple[Any, int]] = {}
     for section_node, body in root.value:
-        section = section_node.value
+        section = _name(section_node, f"{path}:{section_node.start_mark.line + 1}", "section")
         if section not in SECTIONS:
             _field(f"{section}.?", f"{path}:{section_node.start_mark.line + 1}")
         if not isinstance(body, yaml.MappingNode):
@@ -303,9 +359,44 @@ def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
                 continue
             raise ConfigError(f"{path}:{body.start_mark.line + 1}: section '{section}' must be a mapping")
         for key_node, value_node in body.value:
-            value = yaml.safe_load(yaml.serialize(value_node))
-            out[f"{section}.{key_node.value}"] = (value, key_node.start_mark.line + 1)
+            line = key_node.start_mark.line + 1
+            key = f"{section}.{_name(key_node, f'{path}:{line}', 'setting')}"
+            if key in out:
+                raise ConfigError(f"{path}:{line}: {_show(key)} is set twice (first on line {out[key][1]})")
+            out[key] = (_yaml_value(value_node, key, f"{path}:{line}"), line)
     return out
+
+
+def _name(node: Any, where: str, what: str) -> str:
+    """A section or setting name: a plain YAML scalar, not a list or mapping used as a key."""
+    import yaml
+
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{where}: expected a {what} name, got a YAML {node.id}")
+    return str(node.value)
+
+
+def _yaml_value(node: Any, key: str, where: str) -> Any:
+    """A setting's value as safe_load reads it; tags it cannot build (!!python/..., a bad !!int) are errors."""
+    import yaml
+
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: {key}: cannot read the value ({_yaml_problem(exc)})") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{where}: {key}: cannot read the value ({_clip(str(exc))})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: {key}: cannot read the value (nested too deeply)") from None
+
+
+def _yaml_line(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f":{mark.line + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: Exception) -> str:
+    return _clip(str(getattr(exc, "problem", None) or getattr(exc, "context", None) or exc or type(exc).__name__))
 
 
 def defaults_yaml() -> str:

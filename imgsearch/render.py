@@ -8,7 +8,19 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from imgsearch.types import ExportReport, Hit, IndexReport, LabelResult, Skipped, Status, TagCount, TagRecord, TagReport
+from imgsearch.types import (
+    ExportReport,
+    GenerationResult,
+    Hit,
+    IndexReport,
+    LabelResult,
+    MatchVerdict,
+    Skipped,
+    Status,
+    TagCount,
+    TagRecord,
+    TagReport,
+)
 
 
 def to_json(obj: Any) -> str:
@@ -30,7 +42,7 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
         f"indexed {r.embedded} new or changed{reused}, {r.unchanged + r.touched} unchanged, "
         f"{r.removed} removed, {len(r.skipped) + r.known_bad} skipped ({r.seconds:.1f} s)"
     ]
-    lines += [f"  skipped {s.path}: {s.reason}" for s in r.skipped[:max_skipped]]
+    lines += [f"  skipped {_one_line(s.path)}: {s.reason}" for s in r.skipped[:max_skipped]]
     if len(r.skipped) > max_skipped:
         lines.append(f"  ... and {len(r.skipped) - max_skipped} more (imgsearch status --errors)")
     if r.known_bad:
@@ -45,6 +57,22 @@ def tag_report(r: TagReport) -> str:
     return (
         f"tagged {r.images} images against {r.labels} labels ({r.vocabulary}): {r.changed} changed, "
         f"+{r.added} -{r.removed} tags{embedded} ({r.seconds:.1f} s)"
+    )
+
+
+def verdict(v: MatchVerdict) -> str:
+    if v.path is None or v.evidence is None:
+        return "no indexed image to compare with: generating one"
+    return (
+        f"no good match: the best hit fits '{v.rival}' better than the query "
+        f"(evidence {v.evidence:.2f} < -{v.margin:g}); generating one"
+    )
+
+
+def generation(r: GenerationResult) -> str:
+    return (
+        f"generated {r.path}\n  {r.generator}, {r.width}x{r.height}, {r.steps} steps, seed {r.seed}, "
+        f"CLIP score {r.score_start:.3f} -> {r.score:.3f} ({r.seconds:.0f} s)"
     )
 
 
@@ -108,12 +136,13 @@ def status(s: Status) -> str:
         ("vector index size", _bytes(s.index_bytes)),
         ("last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated_at)) if s.updated_at else "never"),
         ("folders", ", ".join(s.roots) or "-"),
+        ("sqlite", s.sqlite_version),
     ]
     return table(rows)
 
 
 def skipped(items: Iterable[Skipped]) -> str:
-    return "\n".join(f"{s.path}\t{s.reason}" for s in items) or "no skipped files"
+    return "\n".join(f"{_one_line(s.path)}\t{s.reason}" for s in items) or "no skipped files"
 
 
 def table(rows: Sequence[tuple[str, str]]) -> str:
@@ -128,3 +157,10 @@ def _bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def _one_line(path: str) -> str:
+    """A file name as one printable line: control characters (a newline in a name) escaped."""
+    if path.isprintable():
+        return path
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+
+def printable(path: str) -> str:
+    """A path as text that can be stored and printed: bytes that are not UTF-8 become \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# PNG text chunks of a generated image start with this; the indexer marks such files as generated.
+PROVENANCE_PREFIX = "imgsearch:"
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,10 @@ class IndexReport:
 class Progress:
     """A progress event from a long operation. `total` is None while it is still unknown."""
 
-    phase: str  # "scan" | "embed" | "save" | "labels" (label prompts embedded) | "tag"
+    phase: str  # "scan" | "embed" | "save" | "labels" (label prompts embedded) | "tag" | "download" | "generate"
     done: int
     total: int | None = None
+    score: float | None = None  # "generate": CLIP's current score for the prompt
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class Status:
     index_bytes: int
     updated_at: float | None
     roots: tuple[str, ...]
+    sqlite_version: str = ""  # the SQLite library in use (below 3.51.3: WAL-reset bug, harmless with one writer)
 
 
 @dataclass(frozen=True)
@@ -130,3 +142,35 @@ class ExportReport:
     written: int = 0
     unchanged: int = 0
     failed: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A generated image: where it was saved, what made it, and CLIP's score for the prompt before and after."""
+
+    path: str
+    prompt: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    generator: str  # "vqgan:<checkpoint>" or "fourier"
+    model_id: str
+    score_start: float
+    score: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MatchVerdict:
+    """Whether the library holds a match for a text query, and the evidence.
+
+    evidence: for the best of the top hits, logit_scale x (cosine with the query - the highest cosine
+    with any contrasting prompt); the query matches when evidence >= -margin.
+    """
+
+    matched: bool
+    evidence: float | None  # None: nothing indexed to compare with
+    margin: float
+    path: str | None  # the hit the evidence is about
+    rival: str | None  # the contrasting prompt that scored highest on it

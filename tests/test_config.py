@@ -88,3 +88,55 @@ def test_cli_config_shows_sources_and_bad_config_exits_2(home: Path) -> None:
 def test_missing_config_file_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_settings(tmp_path, config_path=tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("search:\n  top_k: many\n", ":2: search.top_k must be an integer, got 'many'"),
+        ("index:\n  jpeg_draft: maybe\n", ":2: index.jpeg_draft must be a boolean, got 'maybe'"),
+        ("model:\n  download_timeout: soon\n", ":2: model.download_timeout must be a number, got 'soon'"),
+        ("index:\n  extensions: [jpg, 3]\n", ":2: index.extensions must be a list of strings, got ['jpg', 3]"),
+        ("model:\n  name: [a, b]\n", ":2: model.name must be a string, got ['a', 'b']"),
+        ("\nindex:\n  batch_size: 2.5\n", ":3: index.batch_size must be an integer, got 2.5"),
+        ("watch:\n  settle_seconds: .nan\n", ":2: watch.settle_seconds must be a finite number, got nan"),
+        ("model:\n  name: x\n  colour: red\n", ":3: unknown setting 'model.colour'"),
+        ("model:\n  name: a\n  name: b\n", ":3: 'model.name' is set twice (first on line 2)"),
+        ("model:\n  ? [a, b]\n  : 1\n", ":2: expected a setting name, got a YAML sequence"),
+        ("model:\n  name: !!python/object:os.system x\n", ":2: model.name: cannot read the value (could not"),
+        ("index:\n  batch_size: " + "9" * 5000 + "\n", ":2: index.batch_size: cannot read the value (Exceeds"),
+        ("model:\n  name: " + "[" * 1000 + "]" * 1000 + "\n", ": not valid YAML (nested too deeply)"),
+        ("model:\n\tname: x\n", ":2: not valid YAML (found character '\\t' that cannot start any token)"),
+    ],
+)
+def test_cli_refuses_a_bad_config_file_with_key_type_and_line(home: Path, text: str, expected: str) -> None:
+    home.mkdir()
+    (home / "config.yaml").write_text(text)
+    for args in (["config"], ["query", "a cat"], ["--config", str(home / "config.yaml"), "status"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith(f"imgsearch: {home / 'config.yaml'}{expected}"), result.output
+        assert result.output.count("\n") == 1 and result.output.endswith("\n"), result.output
+
+
+def test_cli_refuses_bad_environment_and_flag_values(home: Path) -> None:
+    runner = CliRunner()
+    env = runner.invoke(cli, ["config"], env={"IMGSEARCH_MODEL__DOWNLOAD_TIMEOUT": "inf"})
+    assert (env.exit_code, env.output) == (
+        2,
+        "imgsearch: environment IMGSEARCH_MODEL__DOWNLOAD_TIMEOUT: model.download_timeout must be a finite number, "
+        "got inf\n",
+    )
+    flag = runner.invoke(cli, ["--set", "index.colour=red", "config"])
+    assert flag.exit_code == 2 and flag.output.startswith("imgsearch: --set: unknown setting 'index.colour'")
+
+
+def test_a_bad_config_file_stops_the_real_command_with_one_line(home: Path) -> None:
+    import subprocess
+    import sys
+
+    home.mkdir()
+    (home / "config.yaml").write_text("search:\n  top_k: many\n")
+    done = subprocess.run([sys.executable, "-m", "imgsearch", "status"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == f"imgsearch: {home / 'config.yaml'}:2: search.top_k must be an integer, got 'many'\n"

@@ -67,3 +67,22 @@ def test_unreadable_folder_is_reported_and_walk_continues(tmp_path: Path) -> Non
         (tmp_path / "locked").chmod(0o755)
     assert found == [str(ok)]
     assert skipped and "not readable" in skipped[0][1]
+
+
+def test_link_loops_and_names_that_are_not_utf8_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # SQLite stores text, and this name is not UTF-8
+    with open(latin1, "wb") as f:
+        f.write(b"x")
+    ok = touch(tmp_path / "café.jpg")
+    found, skipped = scan(tmp_path)
+    assert found == [str(ok)]
+    assert dict(skipped) == {
+        str(tmp_path / "a.jpg"): "symbolic link loop",
+        str(tmp_path / "b.jpg"): "symbolic link loop",
+        os.fsdecode(latin1): "file name is not valid UTF-8 (rename it to index it)",
+    }
+    assert scan(Path(os.fsdecode(latin1)))[1] == [
+        (os.fsdecode(latin1), "file name is not valid UTF-8 (rename it to index it)")
+    ]

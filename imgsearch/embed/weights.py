@@ -158,14 +158,19 @@ def _server_url(cfg: dict[str, Any]) -> str:
     return str(cfg["url"])
 
 
-def _probe(url: str, tag: str, name: str, timeout: float) -> None:
-    """Fail in seconds, not minutes, when the weights server cannot be reached."""
+def unreachable(url: str, timeout: float) -> str | None:
+    """Why the server of url cannot be reached ("host: reason"), or None when a connection opens."""
     parts = urlparse(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise WeightsError(
-            f"model.pretrained: cannot download weights '{tag}' for {name} ({parts.hostname}: {reason}); {LOCAL_HINT}"
-        ) from None
+        return f"{parts.hostname}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _probe(url: str, tag: str, name: str, timeout: float) -> None:
+    """Fail in seconds, not minutes, when the weights server cannot be reached."""
+    reason = unreachable(url, timeout)
+    if reason:
+        raise WeightsError(f"model.pretrained: cannot download weights '{tag}' for {name} ({reason}); {LOCAL_HINT}")

@@ -4,11 +4,17 @@ EXIF orientation is applied; 16-bit and float images are scaled (not clipped) to
 and alpha images are composited on white; CMYK is converted; animations take their first frame;
 HEIC/HEIF decode when pillow-heif is installed. Large JPEGs are decoded at a reduced DCT scale that
 still leaves at least twice the model's input size, which is several times faster and keeps the
-embedding within the parity bound.
+embedding within the parity bound. Other very large images are box-reduced by a power of two
+straight after decoding, in their own mode, to no less than REDUCED_SIDE times the model's input
+size, so a 30 KB PNG of 170 million pixels costs its native pixels in memory and no more. A side
+longer than MAX_ASPECT times the other is cropped to its centre: CLIP only looks at the central
+square, and resizing a 1x100000 strip's short side up to the model's input size takes gigabytes.
+Any error a decoder raises on one file becomes that file's reason, never the end of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -16,6 +22,20 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgsearch.errors import ImageDecodeError
+from imgsearch.types import PROVENANCE_PREFIX
+
+MAX_ASPECT = 20
+REDUCED_SIDE = 8  # a reduced image keeps this many pixels per model input pixel: the model input stays the same
+_STRIPE_PIXELS = 1 << 22  # rows converted at a time when reducing a mode that cannot be averaged as it is
+_AVERAGED_AS_IS = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 
 _heif_registered = False
 
@@ -34,21 +54,45 @@ def register_heif() -> None:
 
 
 def decode(data: bytes, max_pixels: int, draft_side: int = 0) -> Image.Image:
-    """An RGB image from encoded bytes. Raises ImageDecodeError with a short reason."""
+    """An RGB image from encoded bytes. Raises ImageDecodeError with a short reason.
+
+    With `draft_side` (the model's input size), a large image comes back reduced, its shorter side no
+    less than twice that (JPEG) or REDUCED_SIDE times that (other formats).
+    """
     if not data:
         raise ImageDecodeError("empty file")
     register_heif()
+    try:
+        return _decode(data, max_pixels, draft_side)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # a decoder's surprise on one file must not stop a run over thousands
+        raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _decode(data: bytes, max_pixels: int, draft_side: int) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise ImageDecodeError("not an image (unrecognised format)") from None
+            raise ImageDecodeError(_unidentified(data)) from None
         except Image.DecompressionBombError:
             raise ImageDecodeError(f"decompression bomb (over {max_pixels} pixels)") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError(f"unreadable image header ({exc})") from None
-        return _to_rgb(_load(image, max_pixels, draft_side))
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageDecodeError(f"corrupt or truncated image (unreadable header: {_short(exc)})") from None
+        image = _load(opened, max_pixels, draft_side)
+        return _to_rgb(_reduce(_crop_aspect(image), draft_side))
+
+
+def _unidentified(data: bytes) -> str:
+    """Pillow knows no format for these bytes: say whether they start like an image that is cut short."""
+    kind = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is None:
+        return "not an image (unrecognised format)"
+    return f"corrupt or truncated image ({kind} signature, but the header cannot be read)"
 
 
 def _load(image: Image.Image, max_pixels: int, draft_side: int) -> Image.Image:
@@ -61,18 +105,62 @@ def _load(image: Image.Image, max_pixels: int, draft_side: int) -> Image.Image:
         image.draft("RGB", (2 * draft_side, 2 * draft_side))
     try:
         image.load()
-        return _upright(image)
     except Image.DecompressionBombError:
         raise ImageDecodeError(f"decompression bomb (over {max_pixels} pixels)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image ({_short(exc)})") from None
+    return _upright(image)
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not cost the picture; keep it as stored
+    # A broken EXIF block must not cost the picture: keep it as stored. In place: no copy when no turn is needed.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
+def _crop_aspect(image: Image.Image) -> Image.Image:
+    """The central part of a strip, at most MAX_ASPECT times as long as it is wide."""
+    w, h = image.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return image.crop((left, 0, left + MAX_ASPECT * h, h))
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return image.crop((0, top, w, top + MAX_ASPECT * w))
+    return image
+
+
+def _reduce(image: Image.Image, draft_side: int) -> Image.Image:
+    """Box-reduce by a power of two that keeps the shorter side at least REDUCED_SIDE x draft_side.
+
+    Only whole boxes, centred, are kept (at most factor - 1 pixels of the edges go): a partial box
+    at an edge would change the geometry the model's resize and crop see.
+    """
+    times = min(image.size) // (REDUCED_SIDE * draft_side) if draft_side else 0
+    if times < 2:
         return image
+    factor = 1 << (times.bit_length() - 1)
+    w, h = image.size
+    left, top = w % factor // 2, h % factor // 2
+    box = (left, top, left + w // factor * factor, top + h // factor * factor)
+    if image.mode in _AVERAGED_AS_IS:
+        return image.reduce(factor, box)
+    return _reduce_in_stripes(image, factor, box)  # palette indices, bits, 16-bit: convert a few rows at a time
+
+
+def _reduce_in_stripes(image: Image.Image, factor: int, box: tuple[int, int, int, int]) -> Image.Image:
+    if image.mode in ("P", "PA"):
+        mode = "RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB"
+    else:
+        mode = {"1": "L"}.get(image.mode, "I" if image.mode.startswith("I;16") else "RGB")
+    left, top, right, bottom = box
+    out = Image.new(mode, ((right - left) // factor, (bottom - top) // factor))
+    step = factor * max(1, _STRIPE_PIXELS // ((right - left) * factor))
+    for y in range(top, bottom, step):
+        stripe = image.crop((left, y, right, min(bottom, y + step))).convert(mode)
+        out.paste(stripe.reduce(factor), (0, (y - top) // factor))
+    return out.convert("I;16") if image.mode.startswith("I;16") else out
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -94,7 +182,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
     """Map 16/32-bit integer and float pixels onto 0..255 by their declared or actual range."""
-    pixels = np.asarray(image, dtype=np.float64)
+    pixels = np.asarray(image, dtype=np.float32)
     peak = float(pixels.max()) if pixels.size else 0.0
     if image.mode.startswith("I;16"):
         top = 65535.0
@@ -109,3 +197,8 @@ def _scale_to_8bit(image: Image.Image) -> Image.Image:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:120]
+
+
+def is_generated(data: bytes) -> bool:
+    """A PNG written by `imgsearch generate`: it carries a text chunk keyed "imgsearch:generator"."""
+    return data.startswith(b"\x89PNG\r\n\x1a\n") and (PROVENANCE_PREFIX + "generator\x00").encode() in data

@@ -30,7 +30,7 @@ from imgsearch.indexer.scan import FileEntry, Scanner
 from imgsearch.store import sync
 from imgsearch.store.repository import NewImage, Store, StoredImage
 from imgsearch.store.vectors import FaissIndex
-from imgsearch.types import IndexReport, Progress, Skipped
+from imgsearch.types import IndexReport, Progress, Skipped, printable
 
 OnProgress = Callable[[Progress], None]
 
@@ -61,6 +61,7 @@ class Read:
     touched: bool = False
     error: str | None = None
     gone: bool = False
+    generated: bool = False  # a PNG with imgsearch's provenance chunks
 
 
 def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progress: OnProgress) -> Plan:
@@ -85,7 +86,8 @@ def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progres
                 if len(seen) % 500 == 0:
                     on_progress(Progress("scan", len(seen)))
             result.missing.update({p: row for p, row in indexed.items() if p not in seen})
-            result.stale_skips.extend(p for p in bad if p not in seen)
+            refused = {printable(s.path) for s in result.scan_skips}
+            result.stale_skips.extend(p for p in bad if p not in seen and p not in refused)
     on_progress(Progress("scan", len(seen), len(seen)))
     return result
 
@@ -146,7 +148,7 @@ class Reader:
             return Read(entry, old, digest, touched=True)
         duplicates = self.lookup(digest)
         if duplicates:
-            return Read(entry, old, digest, duplicates=duplicates)
+            return Read(entry, old, digest, duplicates=duplicates, generated=images.is_generated(data))
         return self._decode(entry, old, digest, data)
 
     def _decode(self, entry: FileEntry, old: StoredImage | None, digest: str, data: bytes) -> Read:
@@ -157,7 +159,8 @@ class Reader:
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
             return Read(entry, old, digest, error=str(exc))
-        return Read(entry, old, digest, pixels=pixels, width=image.width, height=image.height)
+        generated = images.is_generated(data)
+        return Read(entry, old, digest, pixels=pixels, width=image.width, height=image.height, generated=generated)
 
     def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
         """Everything finished since the last call (waiting for at least one), with at most
@@ -252,11 +255,14 @@ class Writer:
         while self.batch or self.deferred:
             self.flush(batch_size)
         gone = list(self.plan.missing.values())
-        if not (gone or self.plan.stale_skips):
+        if not (gone or self.plan.stale_skips or self.plan.scan_skips):
             return
         with self.store.write() as conn:
             self.store.delete_images(conn, [row.id for row in gone])
             self.store.forget_skipped(conn, self.plan.stale_skips)
+            for refused in self.plan.scan_skips:  # FIFOs, broken links, loops: listed by `status --errors` too
+                st = _lstat(refused.path)
+                self.store.record_skipped(conn, printable(refused.path), st[0], st[1], refused.reason)
             if gone:
                 self.generation = self.store.bump_generation(conn)
         self.report.removed += len(gone)
@@ -304,7 +310,7 @@ class Writer:
             return
         vector, width, height = self.store.embedding_of(conn, r.duplicates[0].id)
         self.report.copied += 1
-        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector)
+        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector, r.generated)
         added.append((self._upsert(conn, r, new, removed), vector))
 
     def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
@@ -319,9 +325,18 @@ class Writer:
             self.index.add(ids, np.stack([a[1] for a in added]))
 
 
+def _lstat(path: str) -> tuple[int, int]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0, 0
+    return st.st_size, st.st_mtime_ns
+
+
 def _new_image(r: Read, vector: np.ndarray, width: int = 0, height: int = 0) -> NewImage:
     e = r.entry
-    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, r.width or width, r.height or height, vector)
+    w, h = r.width or width, r.height or height
+    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, w, h, vector, r.generated)
 
 
 def run(
@@ -343,7 +358,7 @@ def run(
     work = plan(store, roots, settings, on_progress)
     report.unchanged = work.unchanged
     report.known_bad = len(work.known_bad)
-    report.skipped.extend(work.scan_skips)
+    report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)
     loaded = sync.load(store, index_path, search) if store.count() else None
     lazy = LazyEmbedder(embedder)
     writer = Writer(store, loaded.index if loaded else None, lazy, work, report)
@@ -362,17 +377,28 @@ def run(
                 raise KeyboardInterrupt  # between batches, never inside a transaction
         writer.finish(settings.batch_size)
     except KeyboardInterrupt:
-        _save(store, index_path, search, writer, on_progress)
+        _save(store, index_path, search, writer, on_progress, loaded)
         raise InterruptedRun(
             f"interrupted: {report.embedded} images embedded and saved; run `imgsearch index` again to finish"
         ) from None
-    _save(store, index_path, search, writer, on_progress)
+    _save(store, index_path, search, writer, on_progress, loaded)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _save(store: Store, path: Path, search: SearchSettings, writer: Writer, on_progress: OnProgress) -> None:
-    """Write the FAISS cache for what is committed: the in-memory one if still exact, else rebuilt."""
+def _save(
+    store: Store,
+    path: Path,
+    search: SearchSettings,
+    writer: Writer,
+    on_progress: OnProgress,
+    loaded: sync.Loaded | None = None,
+) -> None:
+    """Write the FAISS cache for what is committed: the in-memory one if still exact, else rebuilt.
+
+    Nothing is written when the file on disk is already that index: `loaded` from it, verified, and
+    nothing committed since (a run with nothing to do rewrites no file).
+    """
     on_progress(Progress("save", 0, 1))
     count = store.count()
     if count == 0:
@@ -383,10 +409,10 @@ def _save(store: Store, path: Path, search: SearchSettings, writer: Writer, on_p
     if index is None or writer.index_stale or index.kind != wanted or len(index) != count:
         loaded = sync.load(store, path, search)
         index, generation = loaded.index, loaded.generation
-        if not loaded.rebuilt:
-            on_progress(Progress("save", 1, 1))
-            return
+        current = not loaded.rebuilt
     else:
         generation = writer.generation
-    sync.save(store, path, index, generation)
+        current = loaded is not None and not loaded.rebuilt and loaded.generation == generation
+    if not current:
+        sync.save(store, path, index, generation)
     on_progress(Progress("save", 1, 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -73,10 +74,11 @@ class Scanner:
     def _entry(self, entry: os.DirEntry[str], seen: set[tuple[int, int]]) -> Iterator[FileEntry]:
         if entry.is_symlink() and not self.follow_symlinks:
             return
-        st = _stat(entry.path)
-        if st is None:
+        try:
+            st = os.stat(entry.path)
+        except OSError as exc:  # gone since the folder was listed, or a link that leads nowhere
             if entry.is_symlink() and self.names.is_image(entry.name):
-                self.on_skip(entry.path, "broken symbolic link")
+                self.on_skip(entry.path, "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link")
             return
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
@@ -90,7 +92,19 @@ class Scanner:
         if not stat.S_ISREG(st.st_mode):
             self.on_skip(path, "not a regular file")
             return
+        if not _utf8(path):
+            self.on_skip(path, "file name is not valid UTF-8 (rename it to index it)")
+            return
         yield FileEntry(path, st.st_size, st.st_mtime_ns)
+
+
+def _utf8(path: str) -> bool:
+    """Whether a path can be stored as text: names that are not UTF-8 decode to lone surrogates."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stat(path: str) -> os.stat_result | None:

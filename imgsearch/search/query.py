@@ -9,6 +9,7 @@ weighted sum of the terms' unit embeddings, normalised again.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,19 +46,37 @@ def _term(raw: str, sign: float) -> QueryTerm:
     match = _WEIGHT.match(raw)
     if match:
         weight, raw = float(match.group(1)), match.group(2).strip().strip("'\"").strip()
+        if not math.isfinite(weight):
+            raise UsageError(f"query: weight {_shown(match.group(1))} is too large")
     if not raw:
         raise UsageError("query: empty term (write terms like 'a cat + 2:sofa - dog')")
-    if _looks_like_image(raw):
-        path = Path(raw).expanduser()
-        if not path.is_file():
-            raise UsageError(f"query: no such image file: {raw}")
+    named_image = Path(raw).suffix.lower() in IMAGE_SUFFIXES
+    path = _expand(raw)
+    if path is not None and (named_image or raw.startswith(("/", "./", "../", "~"))) and _is_file(path):
         return QueryTerm("image", str(path.resolve()), sign * weight)
+    if named_image:
+        raise UsageError(f"query: no such image file: {_shown(raw)}")
     return QueryTerm("text", raw, sign * weight)
 
 
-def _looks_like_image(raw: str) -> bool:
-    path = Path(raw).expanduser()
-    return path.suffix.lower() in IMAGE_SUFFIXES or (raw.startswith(("/", "./", "../", "~")) and path.is_file())
+def _expand(raw: str) -> Path | None:
+    try:
+        return Path(raw).expanduser()
+    except (RuntimeError, ValueError):  # "~word" where no user is called "word": not a path
+        return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: no file of that name can exist
+        return False
+
+
+def _shown(raw: str) -> str:
+    """A term as a one-line message shows it: as typed, unless it holds control characters; cut short."""
+    text = raw if raw.isprintable() else repr(raw)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> np.ndarray:

@@ -7,6 +7,8 @@ cache can tell whether it is current.
 
 from __future__ import annotations
 
+import fcntl
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +50,7 @@ class NewImage:
     width: int
     height: int
     vector: np.ndarray
+    generated: bool = False
 
 
 def prefix_range(root: str) -> tuple[str, str]:
@@ -67,6 +70,7 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
+        self._held = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = _engine(path)
         try:
@@ -82,9 +86,42 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction, taken with BEGIN IMMEDIATE so that writers queue instead of deadlocking."""
-        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
-            yield conn
+        """A write transaction, taken with BEGIN IMMEDIATE so that writers queue instead of deadlocking.
+
+        Write transactions of every process are also serialised on a lock file, so that only one
+        process at a time ever writes or checkpoints: SQLite before 3.51.3 has a WAL-reset race
+        between concurrent writers of different processes (`tag add` runs beside `watch`).
+        A full disk or a failing commit is a StoreError, not a traceback.
+        """
+        with self._write_lock():
+            try:
+                with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+                    yield conn
+            except OperationalError as exc:
+                raise StoreError(f"cannot write the database {self.path}: {exc.orig}") from None
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        if getattr(self._held, "value", False):  # a write nested in this thread's own write: already ours
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".write-lock"), "a") as f:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        busy = f"the database {self.path} stayed locked for 60 s by another process"
+                        raise StoreError(busy) from None
+                    time.sleep(0.01)
+            self._held.value = True
+            try:
+                yield
+            finally:
+                self._held.value = False
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -193,6 +230,11 @@ class Store:
         with self.read() as conn:
             return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
 
+    def generated_ids(self) -> np.ndarray:
+        """Ids of the images `imgsearch generate` made."""
+        with self.read() as conn:
+            return np.fromiter(conn.execute(select(images.c.id).where(images.c.generated)).scalars(), dtype=np.int64)
+
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         with self.read() as conn:
@@ -262,6 +304,7 @@ def _row_values(new: NewImage) -> dict[str, Any]:
         "height": new.height,
         "vector": np.ascontiguousarray(new.vector, dtype="<f4").tobytes(),
         "indexed_at": time.time(),
+        "generated": new.generated,
     }
 
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    false,
+)
 
 metadata = MetaData()
 
@@ -21,6 +34,8 @@ images = Table(
     Column("indexed_at", Float, nullable=False),
     # What the image was last auto-tagged against (see search.labels.rule_key); NULL: not yet, or content changed.
     Column("tags_key", String(32), nullable=True),
+    # Made by `imgsearch generate` (its PNG carries imgsearch provenance): left out of queries by default.
+    Column("generated", Boolean, nullable=False, server_default=false()),
     sqlite_autoincrement=True,
 )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.config import SearchSettings
+from imgsearch.errors import StoreError
 from imgsearch.store import vectors
 from imgsearch.store.repository import Store
 from imgsearch.store.vectors import FaissIndex, IndexParams
@@ -49,8 +50,19 @@ def load(store: Store, path: Path, search: SearchSettings) -> Loaded:
 
 
 def save(store: Store, path: Path, index: FaissIndex, generation: int) -> bool:
-    """Write the index file and record its checksum, unless the database moved on meanwhile."""
-    checksum = vectors.write_atomic(path, index.to_bytes())
+    """Write the index file and record its checksum, unless the database moved on meanwhile.
+
+    The caller holds the writer lock. A failed write (a full disk, say) leaves the previous file in
+    place (sync.load still reads it, and rebuilds from SQLite if it is stale) and raises StoreError.
+    """
+    try:
+        checksum = vectors.write_atomic(path, index.to_bytes())
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StoreError(
+            f"cannot save the vector index {path}: {reason} (what was indexed is kept in the database; "
+            "the index is rebuilt from it when it is next needed)"
+        ) from exc
     with store.write() as conn:
         if store.generation(conn) != generation:
             return False

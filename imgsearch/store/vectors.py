@@ -7,6 +7,8 @@ what the database records. Anything else (missing, truncated, bit-flipped, stale
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import importlib
 import os
@@ -121,21 +123,51 @@ def gpu_count() -> int:
 def write_atomic(path: Path, data: bytes) -> str:
     """Write data to path via a temp file + fsync + rename; return its SHA-256.
 
-    faiss.write_index can return normally on a full disk, so the bytes are written and flushed here,
-    where every OSError surfaces.
+    faiss.write_index can return normally on a full disk, so the bytes are written here with os.write
+    (short writes continued), the file's size checked and the file fsynced: every failure surfaces as
+    an OSError, and the previous file stays in place. The folder is fsynced after the rename, so that
+    the rename is durable. The caller holds the writer lock, so temp files found beside path are left
+    by a save that was killed part-way, and are removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return hashlib.sha256(data).hexdigest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:  # never for a regular file; guards the loop
+            raise OSError(errno.EIO, "write wrote nothing")
+        view = view[written:]
+    size = os.fstat(fd).st_size
+    if size != len(data):
+        raise OSError(errno.EIO, f"{size} bytes on disk after writing {len(data)}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # a filesystem that cannot sync folders
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_checked(path: Path, checksum: str, params: IndexParams) -> FaissIndex | None:
