@@ -131,6 +131,15 @@ def _level(blocks: Sequence[nn.Module], attns: Sequence[nn.Module]) -> Any:
     return level
 
 
+def _run_blocks(level: Any, h: torch.Tensor) -> torch.Tensor:
+    """A resolution level's ResNet blocks, each followed by its attention block where the level has them."""
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
+
+
 def _middle(channels: int) -> Any:
     mid = nn.Module()
     mid.block_1 = ResnetBlock(channels, channels)
@@ -168,10 +177,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_blocks(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         return self.conv_out(_swish(self.norm_out(_run_middle(self.mid, h))))
@@ -204,10 +210,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = _run_middle(self.mid, self.conv_in(z))
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_blocks(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(_swish(self.norm_out(h)))
