@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -285,7 +285,7 @@ class Library:
     def query_vector(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         from imgsearch.search import query as q
 
-        return q.vector(terms, self.embedder, self.settings.index.max_pixels)
+        return q.vector(terms, _QueryEncoder(self), self.settings.index.max_pixels)
 
     def search_vector(
         self,
@@ -633,6 +633,37 @@ class Library:
 
     def skipped(self) -> list[Skipped]:
         return self.store.skipped_files()
+
+
+class _QueryEncoder:
+    """Text embeddings of prompts seen before come from the database, so a repeated query never loads
+    the model (nor imports torch); new prompts go through the model and are remembered."""
+
+    def __init__(self, lib: Library):
+        self.lib = lib
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        from imgsearch.embed import configured_model_id
+        from imgsearch.errors import StoreError
+        from imgsearch.store import tags as sql
+
+        model_id = configured_model_id(self.lib.settings)
+        store = self.lib.store
+        with store.read() as conn:
+            found = sql.cached_text_vectors(conn, model_id, texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            embedder = self.lib.embedder
+            fresh = dict(zip(missing, embedder.embed_texts(missing), strict=True))
+            if embedder.model_id == model_id:
+                # A cache that cannot be written costs only speed.
+                with suppress(StoreError, OSError), store.write() as conn:
+                    sql.cache_text_vectors(conn, model_id, fresh)
+            found.update(fresh)
+        return np.stack([found[t] for t in texts])
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self.lib.embedder.embed_images(images)
 
 
 # Contrasting prompts that fit any picture a little: a query must beat them too.

@@ -98,3 +98,22 @@ def test_query_parsing_of_images_and_errors(tmp_path: Path) -> None:
         parse("dog + missing.jpg")
     with pytest.raises(UsageError, match="empty term"):
         parse("dog + ''")
+
+
+def test_a_repeated_text_query_does_not_load_the_model(home: Path, tiny, shapes) -> None:  # type: ignore[no-untyped-def]
+    """Prompt embeddings are remembered in the database: asking again needs no model (nor torch) at all."""
+    from imgsearch import load_settings
+    from tests.conftest import tiny_overrides
+
+    folder, labels = shapes
+    with Library(load_settings(home, overrides=tiny_overrides(tiny))) as first:
+        first.index([folder])
+        before = first.query("a green square", k=3)
+        assert first._embedder is not None
+    with Library(load_settings(home, overrides=tiny_overrides(tiny))) as second:
+        again = second.query("a green square", k=3)
+        assert second._embedder is None, "the model was loaded for a prompt seen before"
+        assert [(h.path, round(h.score, 5)) for h in again] == [(h.path, round(h.score, 5)) for h in before]
+        assert labels[again[0].path] == "a green square"
+        second.query("2:a green square - a red circle", k=1)  # a new term: the model loads for it alone
+        assert second._embedder is not None

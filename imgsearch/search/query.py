@@ -13,11 +13,11 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, UsageError
 from imgsearch.indexer import images
 from imgsearch.types import QueryTerm
@@ -79,7 +79,15 @@ def _shown(raw: str) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def vector(terms: Sequence[QueryTerm], embedder: Embedder, max_pixels: int) -> np.ndarray:
+class Encoder(Protocol):
+    """What a query needs of a model: its text and image embeddings."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+def vector(terms: Sequence[QueryTerm], embedder: Encoder, max_pixels: int) -> np.ndarray:
     """The unit query vector: the weighted sum of the terms' embeddings."""
     if not terms:
         raise UsageError("query: nothing to search for (give text, an image, or both)")
