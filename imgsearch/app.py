@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -212,19 +213,29 @@ class Library:
         return roots
 
     @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        """One writer per home; queries never wait for it (SQLite WAL)."""
+    def _writer_lock(self, role: str = "indexing") -> Iterator[None]:
+        """One writer per home; queries never wait for it (SQLite WAL).
+
+        A query that rebuilt the vector cache holds the lock briefly to save it; a writer arriving
+        then waits for that save (up to SAVE_WAIT seconds) instead of failing.
+        """
         self.settings.home.mkdir(parents=True, exist_ok=True)
         path = self.settings.home / "writer.lock"
         with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise BusyError(f"{self.settings.home} is being indexed by {holder}; wait for it to finish") from None
+            deadline = time.monotonic() + SAVE_WAIT
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    if SAVING not in holder or role == SAVING or time.monotonic() > deadline:
+                        busy = f"{self.settings.home} is being indexed by {holder}; wait for it to finish"
+                        raise BusyError(busy) from None
+                    time.sleep(0.05)
             f.truncate(0)
-            f.write(f"pid {os.getpid()}")
+            f.write(f"pid {os.getpid()}" if role == "indexing" else f"pid {os.getpid()} ({role})")
             f.flush()
             try:
                 yield
@@ -357,7 +368,7 @@ class Library:
         from imgsearch.store import sync
 
         try:
-            with self._writer_lock():
+            with self._writer_lock(SAVING):
                 sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
         except (BusyError, StoreError, OSError):
             pass
@@ -665,6 +676,9 @@ class _QueryEncoder:
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.lib.embedder.embed_images(images)
 
+
+SAVING = "saving the vector index"  # the writer-lock role of a query that rebuilt the cache
+SAVE_WAIT = 30.0
 
 # Contrasting prompts that fit any picture a little: a query must beat them too.
 GENERIC_LABELS = ("thing", "object", "scene", "picture", "pattern")

@@ -234,3 +234,32 @@ def test_stop_event_ends_the_run_after_the_batch_in_flight(lib: Library, shapes)
     assert 1 <= committed < len(labels)
     assert faiss_ids(lib) == sqlite_ids(lib), "the index is saved on the way out"
     assert lib.index([folder]).embedded == len(labels) - committed
+
+
+def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    """A query that rebuilt the vector cache holds the writer lock while it saves; `index` then waits, briefly."""
+    import threading
+    import time
+
+    from imgsearch.app import SAVING
+
+    folder, _ = shapes
+    lib.index([folder])
+    saving, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lib._writer_lock(SAVING):
+            saving.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    saving.wait(10)
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    report = lib.index([folder])  # waits for the save, then runs
+    holder.join()
+    assert report.unchanged > 0 and time.monotonic() - started >= 0.4
+    # A save never waits for a writer: it is skipped.
+    with lib._writer_lock(), pytest.raises(BusyError, match="being indexed by pid"), lib._writer_lock(SAVING):
+        pass
