@@ -655,23 +655,8 @@ class _QueryEncoder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         from imgsearch.embed import configured_model_id
-        from imgsearch.errors import StoreError
-        from imgsearch.store import tags as sql
 
-        model_id = configured_model_id(self.lib.settings)
-        store = self.lib.store
-        with store.read() as conn:
-            found = sql.cached_text_vectors(conn, model_id, texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
-            embedder = self.lib.embedder
-            fresh = dict(zip(missing, embedder.embed_texts(missing), strict=True))
-            if embedder.model_id == model_id:
-                # A cache that cannot be written costs only speed.
-                with suppress(StoreError, OSError), store.write() as conn:
-                    sql.cache_text_vectors(conn, model_id, fresh)
-            found.update(fresh)
-        return np.stack([found[t] for t in texts])
+        return self.lib._label_vectors().encode(configured_model_id(self.lib.settings), texts)
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.lib.embedder.embed_images(images)

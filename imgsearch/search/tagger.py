@@ -13,13 +13,14 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgsearch.config import TaggingSettings
 from imgsearch.embed import Embedder
-from imgsearch.errors import InterruptedRun
+from imgsearch.errors import InterruptedRun, StoreError
 from imgsearch.search.labels import Label, Rule, choose, label_vectors, probabilities, rule_key
 from imgsearch.store import tags as sql
 from imgsearch.store.repository import Store
@@ -52,7 +53,7 @@ class LabelVectors:
 
     def matrix(self, model_id: str, labels: Sequence[Label]) -> np.ndarray:
         """float32 [labels, dim] unit vectors for the labels under the configured templates."""
-        return label_vectors(labels, self.templates, lambda texts: self._encode(model_id, texts))
+        return label_vectors(labels, self.templates, lambda texts: self.encode(model_id, texts))
 
     def logit_params(self, model_id: str) -> tuple[float, float | None]:
         """The model's (logit scale, logit bias), remembered so that tagging needs no model load."""
@@ -66,10 +67,11 @@ class LabelVectors:
             self._remember_logits(conn, embedder)
         return embedder.logit_scale, embedder.logit_bias
 
-    def _encode(self, model_id: str, texts: list[str]) -> np.ndarray:
+    def encode(self, model_id: str, texts: Sequence[str]) -> np.ndarray:
+        """Unit text embeddings [len(texts), dim]: from the cache where seen before, else through the model."""
         with self.store.read() as conn:
             found = sql.cached_text_vectors(conn, model_id, texts)
-        missing = [t for t in texts if t not in found]
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             embedder = self._model(model_id)
             fresh: dict[str, np.ndarray] = {}
@@ -77,7 +79,8 @@ class LabelVectors:
                 part = missing[i : i + TEXT_BATCH]
                 fresh.update(zip(part, embedder.embed_texts(part), strict=True))
                 self.on_progress(Progress("labels", len(fresh), len(missing)))
-            with self.store.write() as conn:
+            # A cache that cannot be written (a read-only home, a full disk) costs only speed.
+            with suppress(StoreError, OSError), self.store.write() as conn:
                 sql.cache_text_vectors(conn, model_id, fresh)
                 self._remember_logits(conn, embedder)
             found.update(fresh)
