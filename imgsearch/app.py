@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import threading
@@ -21,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgsearch.config import Settings, load_settings
-from imgsearch.errors import BusyError, IndexEmptyError, UsageError
+from imgsearch.errors import BusyError, IndexEmptyError, NotFoundError, UsageError
 from imgsearch.types import (
     ExportReport,
     GenerationResult,
     Hit,
+    ImageInfo,
+    ImageTag,
     IndexReport,
     LabelResult,
     LabelScore,
@@ -63,6 +66,7 @@ class Library:
         self._store: Store | None = None
         self._index: tuple[int, FaissIndex] | None = None
         self._generated: tuple[int, np.ndarray] | None = None
+        self._loading = threading.Lock()  # a server's threads must not load the model twice
 
     @classmethod
     def open(
@@ -95,10 +99,11 @@ class Library:
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            from imgsearch.embed import load_embedder
+        with self._loading:
+            if self._embedder is None:
+                from imgsearch.embed import load_embedder
 
-            self._embedder = load_embedder(self.settings)
+                self._embedder = load_embedder(self.settings)
         return self._embedder
 
     # indexing
@@ -266,24 +271,40 @@ class Library:
         path_prefix: str | Path | None = None,
         tags: Sequence[str] = (),
         include_generated: bool = False,
+        files_in_text: bool = True,
+        ask_server: bool = False,
     ) -> list[Hit]:
         """Images best matching a query: text and/or image terms (see imgsearch.search.query).
 
         With `tags`, only images carrying all of them are searched; with tags alone, the images
         tagged with the first are listed, hand tags first, then by the tag's probability. Images
-        made by `generate` are left out unless include_generated.
+        made by `generate` are left out unless include_generated. With files_in_text=False, no
+        term of `text` is taken for an image file (text that came from the network). With
+        ask_server, a text query goes to a running `imgsearch serve` of the same settings, whose
+        model is loaded already (see imgsearch.web.client); without one, it is answered here.
         """
         if tags and not text.strip() and not images:
             return self.tagged(tags, k=k, path_prefix=path_prefix)
-        terms = self.parse_query(text, images)
+        terms = self.parse_query(text, images, files_in_text)
+        if ask_server and all(t.kind == "text" for t in terms):
+            from imgsearch.web import client
+
+            path = str(path_prefix) if path_prefix is not None else None
+            served = client.query(
+                self.settings, text, k=k, path_prefix=path, tags=tags, include_generated=include_generated
+            )
+            if served is not None:
+                return served
         self._check_model()
         vector = self.query_vector(terms)
         return self.search_vector(vector, k=k, path_prefix=path_prefix, tags=tags, include_generated=include_generated)
 
-    def parse_query(self, text: str = "", images: Sequence[str | Path] = ()) -> list[QueryTerm]:
+    def parse_query(
+        self, text: str = "", images: Sequence[str | Path] = (), files_in_text: bool = True
+    ) -> list[QueryTerm]:
         from imgsearch.search import query as q
 
-        terms = q.parse(text) if text.strip() else []
+        terms = q.parse(text, files_in_text) if text.strip() else []
         for image in images:
             path = Path(image).expanduser()
             if not path.is_file():
@@ -324,6 +345,83 @@ class Library:
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip][:k]
         paths = self.store.paths_of(i for i, _ in found)
         return [Hit(i, paths[i], s) for i, s in found if i in paths]
+
+    def similar(
+        self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
+    ) -> list[Hit]:
+        """Images most like an indexed one ("more like this"), best first, leaving the image itself out."""
+        self.image(image_id)
+        with self.store.read() as conn:
+            vector = self.store.embedding_of(conn, image_id)[0]
+        k = k or self.settings.search.top_k
+        hits = self.search_vector(vector, k=k + 1, path_prefix=path_prefix, tags=tags)
+        return [h for h in hits if h.id != image_id][:k]
+
+    def newest(self, *, k: int | None = None, offset: int = 0, path_prefix: str | Path | None = None) -> list[Hit]:
+        """The library itself, most recently indexed first (score 0): what to show before any query."""
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        rows = self.store.newest(k or self.settings.search.top_k, offset, root, include_generated=False)
+        return [Hit(i, path, 0.0) for i, path in rows]
+
+    def image(self, image_id: int) -> ImageInfo:
+        """An indexed image with its tags (hand tags first). Raises NotFoundError for an unknown id."""
+        from imgsearch.store import tags as sql
+
+        info = self.image_info(image_id)
+        with self.store.read() as conn:
+            tags = tuple(ImageTag(*row) for row in sql.of_path(conn, info.path))
+        return dataclasses.replace(info, tags=tags)
+
+    def thumbnail(self, image_id: int) -> Path:
+        """The cached JPEG thumbnail of an indexed image, made on first request (serve.thumbnail_size).
+
+        Raises NotFoundError for an unknown id, ImageDecodeError when its file is gone or unreadable.
+        """
+        from imgsearch.indexer import thumbs
+
+        info = self.image_info(image_id)
+        s = self.settings
+        return thumbs.thumbnail(
+            Path(info.path), info.content_hash, s.thumbnail_dir, s.serve.thumbnail_size, s.index.max_pixels
+        )
+
+    def original(self, image_id: int) -> bytes:
+        """The bytes of an indexed image's file, refused (ImageDecodeError) if it is not what was indexed."""
+        from imgsearch.indexer import images
+
+        info = self.image_info(image_id)
+        return images.read_indexed(Path(info.path), info.content_hash)
+
+    def preview(self, image_id: int, side: int = 2048) -> Path:
+        """A large cached JPEG rendition, for formats a browser cannot show (TIFF, HEIC)."""
+        from imgsearch.indexer import thumbs
+
+        info = self.image_info(image_id)
+        s = self.settings
+        return thumbs.thumbnail(Path(info.path), info.content_hash, s.thumbnail_dir, side, s.index.max_pixels)
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        info = self.store.image_info(image_id)
+        if info is None:
+            raise NotFoundError(f"no indexed image has id {image_id}")
+        return info
+
+    def image_id_of(self, path: str | Path) -> int | None:
+        """The id of the indexed image at a path, or None."""
+        return self.store.id_of(_absolute(path))
+
+    def warm(self) -> None:
+        """Load the model and the vector index now, so that the first query does not wait for them."""
+        if self.store.count():
+            self._check_model()
+            self._vector_index()
+        self.embedder.embed_texts(["warm up"])
+
+    def prune_thumbnails(self) -> int:
+        """Delete cached thumbnails of images no longer indexed. Returns how many files went."""
+        from imgsearch.indexer import thumbs
+
+        return thumbs.prune(self.settings.thumbnail_dir, self.store.content_hashes())
 
     def tagged(self, tags: Sequence[str], *, k: int | None = None, path_prefix: str | Path | None = None) -> list[Hit]:
         """Images carrying every one of tags, ranked by the first: hand tags (score 1.0), then by probability."""
@@ -375,7 +473,7 @@ class Library:
 
     # generation
 
-    def match(self, text: str, hits: Sequence[Hit] | None = None) -> MatchVerdict:
+    def match(self, text: str, hits: Sequence[Hit] | None = None, files_in_text: bool = True) -> MatchVerdict:
         """Whether the library holds an image for a text query, judged against contrasting prompts.
 
         A bare cosine cutoff does not carry across prompts or collections. Instead, for each of the
@@ -390,7 +488,7 @@ class Library:
         from imgsearch.search.tagger import LabelVectors
 
         gs = self.settings.generate
-        terms = self.parse_query(text)
+        terms = self.parse_query(text, files_in_text=files_in_text)
         if any(t.kind != "text" for t in terms):
             raise UsageError("generate-if-missing: the query must be text only")
         if self.store.count() == 0:

@@ -19,7 +19,7 @@ from imgsearch.errors import ImgSearchError
 
 if TYPE_CHECKING:
     from imgsearch.app import Library
-    from imgsearch.types import IndexReport, Progress
+    from imgsearch.types import Hit, IndexReport, Progress
 
 EXIT_SKIPPED = 3
 
@@ -132,6 +132,9 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
     "--generate-if-missing", is_flag=True, help="When nothing matches the text, generate an image (VQGAN+CLIP)."
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+@click.option(
+    "--html", "html_file", type=click.Path(dir_okay=False), help="Also write the results as a self-contained page."
+)
 @click.pass_context
 def query(
     ctx: click.Context,
@@ -143,6 +146,7 @@ def query(
     include_generated: bool,
     generate_if_missing: bool,
     as_json: bool,
+    html_file: str | None,
 ) -> None:
     """Find images matching TERMS: text, image paths, or weighted sums.
 
@@ -152,6 +156,7 @@ def query(
     imgsearch query "2:golden retriever" + ./pool.jpg - fruit
     imgsearch query --tag cat "on a sofa"
     imgsearch query --tag cat            (images tagged cat, by probability)
+    imgsearch query "red car" --html results.html
     """
     from imgsearch.errors import IndexEmptyError
 
@@ -159,15 +164,23 @@ def query(
     with _library(ctx) as lib:
         try:
             hits = lib.query(
-                text, images=images, k=top, path_prefix=path_prefix, tags=tags, include_generated=include_generated
+                text,
+                images=images,
+                k=top,
+                path_prefix=path_prefix,
+                tags=tags,
+                include_generated=include_generated,
+                ask_server=True,
             )
         except IndexEmptyError:
             if not generate_if_missing:
                 raise
             hits = []
+        if generate_if_missing and (images or tags or path_prefix):
+            raise click.UsageError("--generate-if-missing works with a text query alone")
+        if html_file:
+            _write_html(lib, html_file, text, images, tags, hits)
         if generate_if_missing:
-            if images or tags or path_prefix:
-                raise click.UsageError("--generate-if-missing works with a text query alone")
             _query_or_generate(ctx, lib, text, hits, as_json)
             return
     if as_json:
@@ -176,6 +189,15 @@ def query(
         click.echo(render.hits(hits))
     else:
         click.echo("no matches", err=True)
+
+
+def _write_html(
+    lib: Library, target: str, text: str, images: tuple[str, ...], tags: tuple[str, ...], hits: list[Hit]
+) -> None:
+    from imgsearch.web import report
+
+    count = report.write(target, report.query_title(text, images, tags), hits, lib.thumbnail)
+    click.echo(f"wrote {count} result{'' if count == 1 else 's'} to {target}", err=True)
 
 
 def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[Any], as_json: bool) -> None:
@@ -396,6 +418,34 @@ def config_cmd(ctx: click.Context, as_json: bool, defaults: bool) -> None:
         )
         return
     click.echo(render.table([("home", str(settings.home))] + [(k, f"{v!r}  ({src})") for k, v, src in rows]))
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on (serve.host; anything but loopback needs --public).")
+@click.option("-p", "--port", type=click.IntRange(0, 65535), help="Port (serve.port; 0: any free port).")
+@click.option("--public", is_flag=True, help="Allow a non-loopback --host; every request then needs the token.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, public: bool, open_browser: bool) -> None:
+    """Browse and search the library in a web browser, and answer `query` warm (until Ctrl-C).
+
+    The JSON API is described at /openapi.json.
+    """
+    from imgsearch.web import server
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {url} (Ctrl-C to stop)", err=False)
+        sys.stdout.flush()
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    with _library(ctx) as lib:
+        server.run(
+            lib, host=host, port=port, public=public, on_ready=ready, on_notice=lambda t: click.echo(t, err=True)
+        )
+    click.echo("stopped", err=True)
 
 
 @cli.command()

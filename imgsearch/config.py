@@ -146,6 +146,31 @@ class GenerateSettings:
     contrast_vocabulary: str = _opt("", "contrasting labels for the no-match decision; empty: tagging.vocabulary")
 
 
+def _at_least(least: float) -> Callable[[float], str | None]:
+    return lambda value: None if value >= least else f"be at least {least}"
+
+
+def _port(value: int) -> str | None:
+    return None if value <= 65535 else "be a TCP port (0: any free port)"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = _opt("127.0.0.1", "address `serve` listens on; anything but loopback also needs `serve --public`")
+    port: int = _opt(8765, "TCP port of `serve` (0: any free port)", check=_port)
+    allowed_hosts: list[str] = _opt(
+        [], "Host names the server answers to besides localhost, 127.0.0.1 and [::1] (for `serve --public`)"
+    )
+    page_size: int = _opt(60, "results per page in the web UI and API", check=_at_least(1))
+    thumbnail_size: int = _opt(
+        320, "longest side of the cached thumbnails, in pixels (kept under HOME/thumbnails)", check=_at_least(16)
+    )
+    max_upload_mb: float = _opt(
+        25.0, "largest image the API accepts for search by example or labelling", check=_at_least(0.001)
+    )
+    query_via_server: bool = _opt(True, "`imgsearch query` asks a running `serve` (warm model, no start-up cost)")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "index": IndexSettings,
@@ -153,6 +178,7 @@ SECTIONS: dict[str, type] = {
     "watch": WatchSettings,
     "tagging": TaggingSettings,
     "generate": GenerateSettings,
+    "serve": ServeSettings,
 }
 
 
@@ -167,6 +193,7 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     tagging: TaggingSettings = field(default_factory=TaggingSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -180,6 +207,15 @@ class Settings:
     @property
     def generated_dir(self) -> Path:
         return Path(self.generate.output_dir).expanduser() if self.generate.output_dir else self.home / "generated"
+
+    @property
+    def thumbnail_dir(self) -> Path:
+        return self.home / "thumbnails"
+
+    @property
+    def server_file(self) -> Path:
+        """Where a running `serve` says how to reach it (for warm CLI queries)."""
+        return self.home / "serve.json"
 
     @property
     def model_cache_dir(self) -> Path:

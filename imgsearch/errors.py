@@ -3,6 +3,7 @@
     ImgSearchError                 exit 1 unless stated
      ├── ConfigError               exit 2: a setting has a bad value, type or key
      ├── UsageError                exit 2: bad invocation (missing folder, bad query syntax)
+     │    └── NotFoundError        exit 2: no indexed image has that id
      ├── WeightsError              model weights cannot be had (no network, bad path, wrong architecture)
      ├── ModelMismatchError        the index was built with another model
      ├── IndexEmptyError           nothing is indexed yet
@@ -31,6 +32,10 @@ class ConfigError(ImgSearchError):
 
 class UsageError(ImgSearchError):
     exit_code = 2
+
+
+class NotFoundError(UsageError):
+    pass
 
 
 class WeightsError(ImgSearchError):

@@ -25,6 +25,30 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class ImageTag:
+    """A tag as one image carries it: "hand" (set by a person) or "auto" (with the tagger's probability)."""
+
+    label: str
+    source: str
+    probability: float | None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the index knows of one image."""
+
+    id: int
+    path: str
+    bytes: int
+    width: int
+    height: int
+    indexed_at: float
+    generated: bool
+    content_hash: str
+    tags: tuple[ImageTag, ...] = ()
+
+
+@dataclass(frozen=True)
 class Skipped:
     """A file that could not be indexed, and why."""
 

@@ -166,6 +166,14 @@ def test_any_environment_or_flag_value_loads_or_is_refused_in_one_line(key: str,
 words = st.text(st.characters(categories=("L", "N"), include_characters="_-."), min_size=1, max_size=8)
 
 
+BOUNDED = {
+    "serve.port": (0, 65535),
+    "serve.page_size": (1, 2**62),
+    "serve.thumbnail_size": (16, 2**62),
+    "serve.max_upload_mb": (0.001, 1e300),
+}
+
+
 def valid_values(key: str) -> st.SearchStrategy[Any]:
     """Values this setting accepts, including the awkward ones (unicode, huge numbers, zero)."""
     f = registry()[key]
@@ -176,6 +184,9 @@ def valid_values(key: str) -> st.SearchStrategy[Any]:
         return st.lists(st.tuples(words, words).map(lambda p: f"{p[0]} {{}} {p[1]}"), min_size=1, max_size=3)
     if key == "tagging.min_probability":
         return st.floats(0, 1)
+    if key in BOUNDED:
+        low, high = BOUNDED[key]
+        return st.integers(low, high) if kind is int else st.floats(low, high)
     return {
         bool: st.booleans(),
         int: st.integers(0, 2**62),

@@ -15,8 +15,10 @@ Any error a decoder raises on one file becomes that file's reason, never the end
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,6 +53,26 @@ def register_heif() -> None:
     except ImportError:
         return
     register_heif_opener()
+
+
+def digest(data: bytes) -> str:
+    """The content hash the index keeps for a file's bytes (renames, duplicates, changes)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_indexed(path: Path, content_hash: str) -> bytes:
+    """The bytes of an indexed file, if they are still what was indexed (else ImageDecodeError).
+
+    What is served or shown from the index is only ever the content the index saw: a file replaced
+    since, by an edit or by a symlink to something else, is refused until it is indexed again.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {path.name} ({exc.strerror or exc})") from None
+    if digest(data) != content_hash:
+        raise ImageDecodeError(f"{path.name} changed since it was indexed (run `imgsearch index`)")
+    return data
 
 
 def decode(data: bytes, max_pixels: int, draft_side: int = 0) -> Image.Image:

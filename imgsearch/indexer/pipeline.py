@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import itertools
 import os
 import threading
@@ -143,7 +142,7 @@ class Reader:
         except OSError as exc:
             return Read(entry, old, error=f"cannot read file ({exc.strerror or exc})")
         entry = FileEntry(entry.path, st.st_size, st.st_mtime_ns)
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        digest = images.digest(data)
         if old is not None and old.content_hash == digest:
             return Read(entry, old, digest, touched=True)
         duplicates = self.lookup(digest)

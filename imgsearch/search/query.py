@@ -27,20 +27,23 @@ _SPLIT = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(?!\d)(.+)$", re.DOTALL)  # "10:00 meeting" is no weight
 
 
-def parse(text: str) -> list[QueryTerm]:
-    """Split a query string into signed, weighted terms. Raises UsageError on an empty term."""
+def parse(text: str, files: bool = True) -> list[QueryTerm]:
+    """Split a query string into signed, weighted terms. Raises UsageError on an empty term.
+
+    With files=False no term is ever taken for a file (nor looked up on disk): for text from the network.
+    """
     text = text.strip()
     sign = 1.0
     if text[:2] in ("+ ", "- "):
         sign, text = (-1.0 if text[0] == "-" else 1.0), text[2:]
     parts = _SPLIT.split(text)
-    terms = [_term(parts[0], sign)]
+    terms = [_term(parts[0], sign, files)]
     for op, raw in zip(parts[1::2], parts[2::2], strict=True):
-        terms.append(_term(raw, -1.0 if op == "-" else 1.0))
+        terms.append(_term(raw, -1.0 if op == "-" else 1.0, files))
     return terms
 
 
-def _term(raw: str, sign: float) -> QueryTerm:
+def _term(raw: str, sign: float, files: bool) -> QueryTerm:
     raw = raw.strip().strip("'\"").strip()
     weight = 1.0
     match = _WEIGHT.match(raw)
@@ -50,6 +53,8 @@ def _term(raw: str, sign: float) -> QueryTerm:
             raise UsageError(f"query: weight {_shown(match.group(1))} is too large")
     if not raw:
         raise UsageError("query: empty term (write terms like 'a cat + 2:sofa - dog')")
+    if not files:
+        return QueryTerm("text", raw, sign * weight)
     named_image = Path(raw).suffix.lower() in IMAGE_SUFFIXES
     path = _expand(raw)
     if path is not None and (named_image or raw.startswith(("/", "./", "../", "~"))) and _is_file(path):

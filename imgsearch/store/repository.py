@@ -23,7 +23,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from imgsearch.errors import ModelMismatchError, SchemaTooNewError, StoreError
 from imgsearch.store.schema import image_tags, images, meta, roots, skipped
-from imgsearch.types import Skipped
+from imgsearch.types import ImageInfo, Skipped
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -224,6 +224,33 @@ class Store:
             return ids, np.zeros((0, dim or 0), dtype=np.float32)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
         return ids, vectors.astype(np.float32, copy=False)
+
+    def image_info(self, image_id: int) -> ImageInfo | None:
+        """The row of one image (without tags), or None when no image has that id."""
+        cols = (images.c.id, images.c.path, images.c.size, images.c.width, images.c.height, images.c.indexed_at)
+        stmt = select(*cols, images.c.generated, images.c.content_hash).where(images.c.id == image_id)
+        with self.read() as conn:
+            row = conn.execute(stmt).one_or_none()
+        return None if row is None else ImageInfo(*row[:6], bool(row.generated), row.content_hash)
+
+    def newest(self, limit: int, offset: int, root: str | None, include_generated: bool) -> list[tuple[int, str]]:
+        """(id, path) of indexed images, the most recently indexed first."""
+        stmt = select(images.c.id, images.c.path).order_by(images.c.indexed_at.desc(), images.c.id.desc())
+        if root is not None:
+            stmt = stmt.where(under(images.c.path, root))
+        if not include_generated:
+            stmt = stmt.where(~images.c.generated)
+        with self.read() as conn:
+            return [(int(i), p) for i, p in conn.execute(stmt.limit(limit).offset(offset))]
+
+    def id_of(self, path: str) -> int | None:
+        with self.read() as conn:
+            found = conn.execute(select(images.c.id).where(images.c.path == path)).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    def content_hashes(self) -> set[str]:
+        with self.read() as conn:
+            return set(conn.execute(select(images.c.content_hash).distinct()).scalars())
 
     def ids_under(self, root: str) -> np.ndarray:
         stmt = select(images.c.id).where(under(images.c.path, root))

@@ -177,6 +177,14 @@ def ids_with_all(conn: Connection, labels: Sequence[str], root: str | None) -> n
     return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
 
 
+def of_path(conn: Connection, path: str) -> list[tuple[str, str, float | None]]:
+    """(label, source, probability) of one image's tags, hand tags first, then by probability."""
+    cols = (image_tags.c.label, image_tags.c.source, image_tags.c.probability)
+    stmt = select(*cols).where((image_tags.c.path == path) & (image_tags.c.source != REJECTED))
+    rows = [(label, source, p) for label, source, p in conn.execute(stmt)]
+    return sorted(rows, key=lambda r: (r[1] != HAND, -(r[2] or 0.0), r[0].casefold()))
+
+
 def ranked(conn: Connection, label: str, ids: np.ndarray) -> list[tuple[int, str, str, float | None]]:
     """(id, path, source, probability) of images among `ids` tagged `label`: hand tags first, then by probability."""
     out: list[tuple[int, str, str, float | None]] = []

@@ -1,0 +1,554 @@
+// The imgsearch page: search, browse, tags, lightbox and generate-if-missing over the JSON API.
+// Plain ES module, no build step. Every piece of data reaches the DOM through textContent or an
+// attribute, never innerHTML.
+
+const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
+const TOKEN = document.querySelector('meta[name="imgsearch-token"]')?.content ?? "";
+const params = new URLSearchParams(location.search);
+const PAGE_SIZE = params.has("limit") ? clampInt(params.get("limit"), 1, 500, 40) : null; // null: the server's
+const POLL_MS = 500;
+const AUTOLOAD = "IntersectionObserver" in window; // infinite scroll; without it the Load more button pages
+
+const ui = {
+  form: $("search-form"), input: $("search-input"), imageButton: $("image-button"), file: $("image-input"),
+  status: $("status"), tagList: $("tag-list"), tagFilter: $("tag-filter"), tagsEmpty: $("tags-empty"),
+  context: $("context"), filters: $("active-filters"), error: $("error"), grid: $("grid"), empty: $("empty"),
+  sentinel: $("sentinel"), loadMore: $("load-more"), loading: $("loading"), overlay: $("drop-overlay"),
+  banner: $("generate-banner"), genTitle: $("generate-title"), genNote: $("generate-note"),
+  genButton: $("generate-button"), genJob: $("generate-job"), genProgress: $("generate-progress"),
+  genPhase: $("generate-phase"), genResult: $("generate-result"), genImage: $("generate-image"),
+  genCaption: $("generate-caption"), genError: $("generate-error"),
+  lb: $("lightbox"), lbImage: $("lightbox-image"), lbName: $("lightbox-name"), lbPath: $("lightbox-path"),
+  lbMeta: $("lightbox-meta"), lbTags: $("lightbox-tags"), lbOpen: $("lightbox-open"), lbError: $("lightbox-error"),
+  tagForm: $("tag-form"), tagInput: $("tag-input"),
+};
+
+// mode: "browse" (the library, or tags alone), "text", "image" (by example) or "similar" (more like this)
+const state = {
+  mode: "browse", q: "", tags: [], file: null, fileUrl: null, like: null,
+  hits: [], seen: new Set(), offset: 0, more: false, loading: false, gen: 0, abort: null,
+  allTags: [], status: null, current: -1, job: null,
+};
+
+function clampInt(text, lo, hi, fallback) {
+  const n = Number.parseInt(text ?? "", 10);
+  return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : fallback;
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function errorText(data, res) {
+  const detail = data?.detail;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) return detail.map((d) => d.msg ?? String(d)).join("; ");
+  return `${res.status} ${res.statusText || "error"}`;
+}
+
+async function api(path, { method = "GET", json, form, signal } = {}) {
+  const init = { method, signal, headers: {} };
+  if (method !== "GET") init.headers["X-Imgsearch-Token"] = TOKEN;
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  } else if (form) {
+    init.body = form;
+  }
+  const res = await fetch(path, init);
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(errorText(data, res));
+  return data;
+}
+
+function showError(node, message) {
+  node.textContent = message ?? "";
+  node.hidden = !message;
+}
+
+const fmtScore = (s) => (typeof s === "number" ? s.toFixed(3) : "");
+const plural = (n, word) => `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
+
+function fmtBytes(n) {
+  if (typeof n !== "number") return "";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// ---- status and tags -----------------------------------------------------------------------
+
+async function loadStatus() {
+  try {
+    const s = await api("/api/status");
+    state.status = s;
+    const parts = [plural(s.images, "image"), s.model_id ?? "no model yet"];
+    if (s.skipped) parts.push(`${s.skipped} skipped`);
+    ui.status.textContent = parts.join(" · ");
+    ui.status.title = `${s.home} · imgsearch ${s.version}`;
+  } catch (err) {
+    ui.status.textContent = `status unavailable: ${err.message}`;
+  }
+}
+
+async function loadTags() {
+  try {
+    state.allTags = await api("/api/tags");
+  } catch (err) {
+    state.allTags = [];
+    showError(ui.error, err.message);
+  }
+  renderTags();
+}
+
+function renderTags() {
+  const needle = ui.tagFilter.value.trim().toLowerCase();
+  const shown = state.allTags.filter((t) => !needle || t.label.toLowerCase().includes(needle));
+  ui.tagList.replaceChildren(...shown.map((t) => {
+    const active = state.tags.includes(t.label);
+    const kind = t.hand && !t.auto ? "hand" : t.hand ? "mixed" : "auto";
+    return el("li", {}, el("button", {
+      type: "button", class: `tag-chip ${kind}${active ? " active" : ""}`, "data-testid": "tag-chip",
+      "data-label": t.label, "aria-pressed": String(active),
+      title: `${plural(t.images, "image")}: ${t.hand} by hand, ${t.auto} automatic`,
+      onclick: () => toggleTag(t.label),
+    }, el("span", { class: "tag-label", text: t.label }), el("span", { class: "count", text: String(t.images) })));
+  }));
+  ui.tagsEmpty.hidden = state.allTags.length > 0;
+}
+
+function toggleTag(label) {
+  state.tags = state.tags.includes(label) ? state.tags.filter((t) => t !== label) : [...state.tags, label];
+  if (state.mode === "similar") state.mode = state.q ? "text" : "browse";
+  renderTags();
+  runSearch();
+}
+
+// ---- searching and paging ------------------------------------------------------------------
+
+function syncUrl() {
+  const url = new URLSearchParams();
+  if (state.mode === "text" && state.q) url.set("q", state.q);
+  for (const t of state.tags) url.append("tag", t);
+  if (PAGE_SIZE) url.set("limit", String(PAGE_SIZE));
+  const query = url.toString();
+  history.replaceState(null, "", query ? `?${query}` : location.pathname);
+}
+
+function fetchPage(offset, signal) {
+  const paging = { offset: String(offset) };
+  if (PAGE_SIZE) paging.limit = String(PAGE_SIZE);
+  if (state.mode === "similar") {
+    return api(`/api/images/${state.like.id}/similar?${new URLSearchParams(paging)}`, { signal });
+  }
+  if (state.mode === "image") {
+    const form = new FormData();
+    form.append("file", state.file);
+    for (const [key, value] of Object.entries(paging)) form.append(key, value);
+    for (const t of state.tags) form.append("tag", t);
+    return api("/api/search/image", { method: "POST", form, signal });
+  }
+  const query = new URLSearchParams({ q: state.mode === "text" ? state.q : "", ...paging });
+  for (const t of state.tags) query.append("tag", t);
+  return api(`/api/search?${query}`, { signal });
+}
+
+function renderContext() {
+  const parts = [];
+  if (state.mode === "text") parts.push(el("span", { text: `Results for “${state.q}”` }));
+  else if (state.mode === "similar") parts.push(el("span", { text: `Like ${state.like.name}` }));
+  else if (state.mode === "image") {
+    parts.push(el("img", { class: "example", src: state.fileUrl, alt: "" }));
+    parts.push(el("span", { text: `Like ${state.file.name || "the dropped image"}` }));
+  } else parts.push(el("span", { text: state.tags.length ? "Tagged images" : "Library · newest first" }));
+  if (state.mode === "similar" || state.mode === "image") {
+    parts.push(el("button", {
+      type: "button", class: "link", "data-testid": "back-to-library", text: "Back to library",
+      onclick: () => { ui.input.value = ""; state.q = ""; state.mode = "browse"; runSearch(); },
+    }));
+  }
+  ui.context.replaceChildren(...parts);
+  ui.filters.replaceChildren(...state.tags.map((label) => el("button", {
+    type: "button", class: "filter-chip", "data-testid": "active-filter", "data-label": label,
+    "aria-label": `Remove filter ${label}`, onclick: () => toggleTag(label),
+  }, el("span", { text: label }), el("span", { class: "x", "aria-hidden": "true", text: "×" }))));
+}
+
+async function runSearch() {
+  state.abort?.abort();
+  state.gen += 1;
+  Object.assign(state, { hits: [], seen: new Set(), offset: 0, more: false, loading: false, abort: null });
+  ui.grid.replaceChildren();
+  ui.empty.hidden = true;
+  showError(ui.error, "");
+  hideBanner();
+  syncUrl();
+  renderContext();
+  const gen = state.gen;
+  await loadPage();
+  if (gen === state.gen && state.mode === "text" && state.q) checkMatch(state.q, gen);
+}
+
+async function loadPage() {
+  if (state.loading) return;
+  const gen = state.gen;
+  const abort = new AbortController();
+  Object.assign(state, { loading: true, abort });
+  renderPaging();
+  try {
+    const page = await fetchPage(state.offset, abort.signal);
+    if (gen !== state.gen) return;
+    appendHits(page.hits);
+    state.offset = page.offset + page.limit;
+    state.more = Boolean(page.more) && page.hits.length > 0;
+  } catch (err) {
+    if (gen !== state.gen) return;
+    state.more = false;
+    showError(ui.error, err.message);
+  }
+  state.loading = false;
+  renderPaging();
+  if (state.hits.length === 0 && ui.error.hidden) {
+    ui.empty.textContent = state.mode === "browse" && !state.tags.length
+      ? "Your library is empty. Run `imgsearch index FOLDER` to add pictures."
+      : "No images found.";
+    ui.empty.hidden = false;
+  }
+  if (AUTOLOAD && state.more && nearBottom()) loadPage(); // the page is not full: the sentinel will not fire again
+}
+
+function renderPaging() {
+  ui.loadMore.hidden = !state.more || state.loading;
+  ui.loading.hidden = !state.loading;
+  ui.grid.setAttribute("aria-busy", String(state.loading));
+}
+
+const nearBottom = () => ui.sentinel.getBoundingClientRect().top < window.innerHeight + 600;
+
+function appendHits(hits) {
+  const cells = [];
+  for (const hit of hits) {
+    if (state.seen.has(hit.id)) continue;
+    state.seen.add(hit.id);
+    state.hits.push(hit);
+    cells.push(cell(hit, state.hits.length - 1));
+  }
+  ui.grid.append(...cells);
+}
+
+function cell(hit, index) {
+  const score = fmtScore(hit.score);
+  return el("a", {
+    class: "cell", href: hit.original, role: "listitem", "data-testid": "result", "data-id": String(hit.id),
+    "data-path": hit.path, title: hit.path,
+    onclick: (event) => {
+      if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return; // new tab: let it be
+      event.preventDefault();
+      openLightbox(index);
+    },
+  },
+  el("img", { src: hit.thumbnail, alt: hit.name, loading: "lazy", decoding: "async", draggable: "false" }),
+  score ? el("span", { class: "score", "data-testid": "result-score", text: score }) : "",
+  el("span", { class: "caption", "data-testid": "result-name", text: hit.name }));
+}
+
+// ---- lightbox ------------------------------------------------------------------------------
+
+function openLightbox(index) {
+  const hit = state.hits[index];
+  if (!hit) return;
+  state.current = index;
+  ui.lbImage.src = hit.original;
+  ui.lbImage.alt = hit.name;
+  ui.lbName.textContent = hit.name;
+  ui.lbPath.textContent = hit.path;
+  ui.lbOpen.href = hit.original;
+  ui.lbMeta.textContent = fmtScore(hit.score) ? `score ${fmtScore(hit.score)}` : "";
+  ui.lbTags.replaceChildren();
+  showError(ui.lbError, "");
+  if (!ui.lb.open) ui.lb.showModal();
+  loadDetail(hit.id);
+}
+
+async function loadDetail(id) {
+  try {
+    renderDetail(await api(`/api/images/${id}`));
+  } catch (err) {
+    if (state.hits[state.current]?.id === id) showError(ui.lbError, err.message);
+  }
+}
+
+function renderDetail(image) {
+  const hit = state.hits[state.current];
+  if (!hit || hit.id !== image.id) return; // the user moved on
+  ui.lbPath.textContent = image.path;
+  const meta = [];
+  if (image.width && image.height) meta.push(`${image.width} × ${image.height}`);
+  if (image.bytes) meta.push(fmtBytes(image.bytes));
+  if (image.indexed_at) meta.push(`indexed ${new Date(image.indexed_at * 1000).toLocaleString()}`);
+  if (image.generated) meta.push("generated");
+  if (fmtScore(hit.score)) meta.push(`score ${fmtScore(hit.score)}`);
+  ui.lbMeta.textContent = meta.join(" · ");
+  ui.lbTags.replaceChildren(...image.tags.map((t) => el("li", {
+    class: `lb-tag ${t.source}`, "data-testid": "lightbox-tag", "data-label": t.label, "data-source": t.source,
+    title: t.source === "hand" ? "added by hand" : `automatic${t.probability == null ? "" : `, p=${t.probability.toFixed(2)}`}`,
+  },
+  el("span", { text: t.label }),
+  t.source === "hand" ? el("span", { class: "hand-mark", text: "✎", "aria-label": "by hand" }) : "",
+  el("button", {
+    type: "button", class: "x", "data-testid": "remove-tag", "aria-label": `Remove tag ${t.label}`, text: "×",
+    onclick: () => setTag(image.id, t.label, false),
+  }))));
+  if (!image.tags.length) ui.lbTags.append(el("li", { class: "muted small", text: "No tags" }));
+}
+
+async function setTag(id, label, present) {
+  showError(ui.lbError, "");
+  try {
+    renderDetail(await api(`/api/images/${id}/tags`, { method: "POST", json: { label, present } }));
+    loadTags();
+  } catch (err) {
+    showError(ui.lbError, err.message);
+  }
+}
+
+function step(delta) {
+  const next = state.current + delta;
+  if (next < 0 || next >= state.hits.length) return;
+  openLightbox(next);
+  ui.grid.children[next]?.scrollIntoView({ block: "nearest" });
+  if (next >= state.hits.length - 3 && state.more) loadPage();
+}
+
+function moreLikeThis() {
+  const hit = state.hits[state.current];
+  if (!hit) return;
+  ui.lb.close();
+  ui.input.value = "";
+  Object.assign(state, { mode: "similar", like: { id: hit.id, name: hit.name }, q: "", tags: [] });
+  renderTags();
+  runSearch();
+  window.scrollTo({ top: 0 });
+}
+
+// ---- generate if missing -------------------------------------------------------------------
+
+async function checkMatch(q, gen) {
+  let matched = state.hits.length > 0;
+  if (matched) {
+    try {
+      matched = (await api(`/api/match?${new URLSearchParams({ q })}`)).matched;
+    } catch {
+      return; // the decision is advice; a failure here must not disturb the results
+    }
+  }
+  if (gen === state.gen && !matched) showBanner(q);
+}
+
+function showBanner(q) {
+  ui.banner.dataset.prompt = q;
+  ui.genButton.textContent = "Generate it";
+  ui.genTitle.textContent = `Nothing in your library looks like “${q}”`;
+  const available = state.status?.generation_available !== false;
+  ui.genButton.disabled = !available || Boolean(state.job);
+  ui.genNote.textContent = available
+    ? "Make one with CLIP guidance (VQGAN+CLIP): a few minutes on a CPU, under one on a GPU."
+    : "Image generation is not available on this server.";
+  ui.genJob.hidden = true;
+  ui.genResult.hidden = true;
+  showError(ui.genError, "");
+  ui.banner.hidden = false;
+}
+
+function hideBanner() {
+  if (!state.job) ui.banner.hidden = true; // a running job stays in view
+}
+
+async function generate() {
+  const prompt = ui.banner.dataset.prompt;
+  ui.genButton.disabled = true;
+  showError(ui.genError, "");
+  ui.genResult.hidden = true;
+  try {
+    const { job } = await api("/api/generate", { method: "POST", json: { prompt } });
+    state.job = job;
+    renderJob({ state: "running", phase: "starting", done: 0, total: 0 });
+    pollJob(job);
+  } catch (err) {
+    ui.genButton.disabled = false;
+    showError(ui.genError, err.message);
+  }
+}
+
+async function pollJob(job) {
+  let info;
+  try {
+    info = await api(`/api/jobs/${encodeURIComponent(job)}`);
+  } catch (err) {
+    info = { state: "failed", error: err.message };
+  }
+  renderJob(info);
+  if (info.state === "running") {
+    setTimeout(() => pollJob(job), POLL_MS);
+    return;
+  }
+  state.job = null;
+  ui.genButton.disabled = false;
+  ui.genButton.textContent = "Generate again";
+  if (info.state === "done") loadStatus();
+}
+
+function renderJob(info) {
+  ui.banner.hidden = false;
+  ui.genJob.hidden = info.state !== "running";
+  const total = info.total || 0;
+  ui.genProgress.max = total || 1;
+  if (total) ui.genProgress.value = info.done ?? 0;
+  else ui.genProgress.removeAttribute("value"); // indeterminate until the total is known
+  const parts = [info.phase || "working"];
+  if (total) parts.push(`${info.done}/${total}`);
+  if (typeof info.score === "number") parts.push(`CLIP ${fmtScore(info.score)}`);
+  ui.genPhase.textContent = parts.join(" · ");
+  if (info.notices?.length) ui.genNote.textContent = info.notices[info.notices.length - 1];
+  if (info.state === "failed") showError(ui.genError, info.error || "generation failed");
+  if (info.state === "done" && info.result) {
+    const r = info.result;
+    ui.genImage.src = r.image;
+    ui.genCaption.textContent = [`“${info.prompt ?? ui.banner.dataset.prompt}”`, `CLIP score ${fmtScore(r.final_score)}`,
+      r.generator, typeof r.seconds === "number" ? `${r.seconds.toFixed(1)} s` : "", r.path].filter(Boolean).join(" · ");
+    ui.genResult.dataset.imageId = r.image_id ?? "";
+    ui.genResult.hidden = false;
+  }
+}
+
+// ---- search by example: picker, drag and drop, paste ---------------------------------------
+
+function searchByImage(file) {
+  if (!file || !file.type.startsWith("image/")) {
+    showError(ui.error, "That is not an image file.");
+    return;
+  }
+  if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
+  ui.input.value = "";
+  Object.assign(state, { mode: "image", file, fileUrl: URL.createObjectURL(file), q: "" });
+  runSearch();
+}
+
+function imageFile(list) {
+  return [...(list ?? [])].find((f) => f.type.startsWith("image/")) ?? null;
+}
+
+function setUpDrop() {
+  let depth = 0;
+  const hasFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+  document.addEventListener("dragenter", (e) => {
+    if (!hasFiles(e)) return;
+    depth += 1;
+    ui.overlay.hidden = false;
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) ui.overlay.hidden = true;
+  });
+  document.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+  document.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    ui.overlay.hidden = true;
+    const file = imageFile(e.dataTransfer.files);
+    if (file) searchByImage(file);
+    else showError(ui.error, "Drop an image file to search by example.");
+  });
+  document.addEventListener("paste", (e) => {
+    const file = imageFile(e.clipboardData?.files);
+    if (file) searchByImage(file);
+  });
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+
+function setUpEvents() {
+  ui.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.q = ui.input.value.trim();
+    state.mode = state.q ? "text" : "browse";
+    runSearch();
+  });
+  ui.imageButton.addEventListener("click", () => ui.file.click());
+  ui.file.addEventListener("change", () => {
+    const file = ui.file.files?.[0];
+    if (file) searchByImage(file);
+    ui.file.value = ""; // picking the same file again still fires change
+  });
+  ui.tagFilter.addEventListener("input", renderTags);
+  ui.loadMore.addEventListener("click", () => loadPage());
+  ui.genButton.addEventListener("click", generate);
+  ui.genImage.addEventListener("click", () => {
+    const id = Number(ui.genResult.dataset.imageId);
+    if (id) window.open(`/api/images/${id}/file`, "_blank", "noopener");
+  });
+  $("lightbox-close").addEventListener("click", () => ui.lb.close());
+  $("lightbox-prev").addEventListener("click", () => step(-1));
+  $("lightbox-next").addEventListener("click", () => step(1));
+  $("more-like-this").addEventListener("click", moreLikeThis);
+  ui.lb.addEventListener("click", (e) => { if (e.target === ui.lb) ui.lb.close(); }); // the backdrop
+  ui.lb.addEventListener("close", () => {
+    ui.lbImage.removeAttribute("src");
+    ui.grid.children[state.current]?.focus({ preventScroll: true });
+  });
+  ui.lb.addEventListener("keydown", (e) => {
+    if (e.target === ui.tagInput) return;
+    if (e.key === "ArrowLeft") step(-1);
+    else if (e.key === "ArrowRight") step(1);
+  });
+  ui.tagForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const label = ui.tagInput.value.trim();
+    const hit = state.hits[state.current];
+    if (!label || !hit) return;
+    ui.tagInput.value = "";
+    setTag(hit.id, label, true);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "/" && document.activeElement !== ui.input && !ui.lb.open && !isTyping(e.target)) {
+      e.preventDefault();
+      ui.input.focus();
+    }
+  });
+}
+
+const isTyping = (node) => node instanceof HTMLInputElement || node instanceof HTMLTextAreaElement;
+
+function setUpScroll() {
+  if (!AUTOLOAD) return;
+  const observer = new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && state.more && !state.loading) loadPage();
+  }, { rootMargin: "600px 0px" });
+  observer.observe(ui.sentinel);
+}
+
+function start() {
+  setUpEvents();
+  setUpDrop();
+  setUpScroll();
+  state.q = (params.get("q") ?? "").trim();
+  state.tags = params.getAll("tag").filter(Boolean);
+  state.mode = state.q ? "text" : "browse";
+  ui.input.value = state.q;
+  loadStatus().then(() => loadTags());
+  runSearch();
+}
+
+start();
