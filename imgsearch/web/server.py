@@ -36,7 +36,7 @@ from imgsearch.errors import (
     WeightsError,
 )
 from imgsearch.types import Hit
-from imgsearch.web.guard import Guard, Refused
+from imgsearch.web.guard import Guard
 from imgsearch.web.jobs import Job, Jobs
 
 # Formats every browser shows; anything else (TIFF, HEIC) is sent as a JPEG rendition.
@@ -229,10 +229,6 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     def _error(request: Request, exc: ImgSearchError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
         return JSONResponse({"detail": str(exc)}, status_code=status)
-
-    @api.exception_handler(Refused)
-    def _refused(request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @api.exception_handler(ImageDecodeError)
     def _undecodable(request: Request, exc: ImageDecodeError) -> JSONResponse:
