@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from imgsearch.errors import ModelMismatchError, SchemaTooNewError
+from imgsearch.store import repository
 from imgsearch.store.repository import NewImage, Store
 from imgsearch.store.schema import metadata
 
@@ -22,6 +25,25 @@ def test_blank_database_upgrades_to_head_without_drift(tmp_path: Path) -> None:
         assert context.get_current_revision() == "0003"
         assert compare_metadata(context, metadata) == []
     store.close()
+
+
+def test_the_head_revision_the_store_knows_is_the_newest_migration() -> None:
+    """Opening a current database skips Alembic by comparing with repository.HEAD: it must not fall behind."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(repository.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == repository.HEAD
+
+
+def test_opening_a_current_database_does_not_import_alembic(tmp_path: Path) -> None:
+    Store(tmp_path / "db.sqlite").close()
+    code = (
+        "import sys; from pathlib import Path; from imgsearch.store.repository import Store; "
+        f"Store(Path({str(tmp_path / 'db.sqlite')!r})).close(); print('alembic' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_wal_mode_and_reopen_is_a_no_op(tmp_path: Path) -> None:
