@@ -67,6 +67,7 @@ class Library:
         self._index: tuple[int, FaissIndex] | None = None
         self._generated: tuple[int, np.ndarray] | None = None
         self._loading = threading.Lock()  # a server's threads must not load the model twice
+        self._torch_embedder: Embedder | None = None
 
     @classmethod
     def open(
@@ -105,6 +106,17 @@ class Library:
 
                 self._embedder = load_embedder(self.settings)
         return self._embedder
+
+    def _generation_embedder(self) -> Embedder:
+        """Generation differentiates through CLIP: the PyTorch model, even where ONNX Runtime serves search."""
+        if hasattr(self.embedder, "model"):
+            return self.embedder
+        with self._loading:
+            if self._torch_embedder is None:
+                from imgsearch.embed import load_torch_embedder
+
+                self._torch_embedder = load_torch_embedder(self.settings)
+        return self._torch_embedder
 
     # indexing
 
@@ -547,7 +559,7 @@ class Library:
         )
         result = gen.run(
             request,
-            self.embedder,
+            self._generation_embedder(),
             self.settings.generate,
             self.settings.model_cache_dir,
             self.settings.generated_dir,

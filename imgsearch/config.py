@@ -53,10 +53,14 @@ class ModelSettings:
         "a pretrained tag of model.name (fetched and cached on first use) or a local checkpoint file",
     )
     config_file: str = _opt("", "JSON open_clip model config for an architecture open_clip does not ship")
-    backend: str = _opt("open_clip", "embedding implementation", ("open_clip",))
+    backend: str = _opt(
+        "auto",
+        "auto (onnx on the CPU, open_clip on CUDA), open_clip (PyTorch) or onnx (ONNX Runtime, CPU; exported once)",
+        ("auto", "open_clip", "onnx"),
+    )
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = _opt("auto", "auto (fp16 autocast on CUDA, fp32 on CPU), fp32 or fp16", ("auto", "fp32", "fp16"))
-    cache_dir: str = _opt("", "where downloaded weights are kept; empty: HOME/models")
+    cache_dir: str = _opt("", "where downloaded weights and ONNX exports are kept; empty: HOME/models")
     download_timeout: float = _opt(5.0, "seconds to wait for the weights server before giving up")
 
 

@@ -48,6 +48,7 @@ def tiny_overrides(tiny: tinyclip.TinyCheckpoint) -> dict[str, str]:
         "model.name": tiny.name,
         "model.config_file": str(tiny.config_path),
         "model.pretrained": str(tiny.checkpoint_path),
+        "model.cache_dir": str(tiny.checkpoint_path.parent / "models"),  # the ONNX export, made once
         "index.batch_size": "8",
         "tagging.templates": ",".join(tinyclip.TEMPLATES),  # the templates the tiny model was trained with
     }

@@ -20,7 +20,9 @@ from tests.conftest import SAMPLES
 @pytest.fixture(scope="module")
 def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     settings = load_settings(
-        tmp_path_factory.mktemp("h"), overrides={"model.pretrained": str(vitb32_checkpoint)}, environ={}
+        tmp_path_factory.mktemp("h"),
+        overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"},
+        environ={},
     )
     return load_embedder(settings)
 
@@ -72,7 +74,7 @@ def test_text_embeddings_are_unit_and_deterministic(vitb32) -> None:  # type: ig
 
 
 def _load(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-def]
-    return load_embedder(load_settings(tmp_path, overrides=overrides, environ={}))
+    return load_embedder(load_settings(tmp_path, overrides={"model.backend": "open_clip", **overrides}, environ={}))
 
 
 def test_missing_checkpoint_file(tmp_path: Path) -> None:

@@ -228,12 +228,20 @@ def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  
     from imgsearch.embed import load_embedder
 
     home = tmp_path_factory.mktemp("vit-home")
-    return load_embedder(load_settings(home, overrides={"model.pretrained": str(vitb32_checkpoint)}, environ={}))
+    return load_embedder(
+        load_settings(
+            home, overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}, environ={}
+        )
+    )
 
 
 @pytest.fixture
 def vit_lib(tmp_path: Path, vitb32, vitb32_checkpoint: Path):  # type: ignore[no-untyped-def]
-    settings = load_settings(tmp_path / "vit-home", overrides={"model.pretrained": str(vitb32_checkpoint)}, environ={})
+    settings = load_settings(
+        tmp_path / "vit-home",
+        overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"},
+        environ={},
+    )
     with Library(settings, embedder=vitb32) as library:
         yield library
 

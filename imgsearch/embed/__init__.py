@@ -1,6 +1,7 @@
 """Embedders: the protocol, and the registry of implementations by `model.backend`.
 
-torch and open_clip are imported only by the implementations, and only when a model is loaded.
+torch and open_clip are imported only by the implementations, and only when a model is loaded; the onnx
+implementation imports them only to export a model, the first time it is used.
 """
 
 from __future__ import annotations
@@ -44,20 +45,41 @@ def _open_clip(settings: Settings) -> Embedder:
     return OpenClipEmbedder.from_settings(settings)
 
 
+def _onnx(settings: Settings) -> Embedder:
+    from imgsearch.embed import onnx
+
+    return onnx.load(settings, fallback=False)
+
+
+def _auto(settings: Settings) -> Embedder:
+    from imgsearch.embed import onnx
+
+    return onnx.load_auto(settings)
+
+
 def _open_clip_id(settings: Settings) -> str:
     from imgsearch.embed.weights import model_id
 
     return model_id(settings.model)
 
 
-# backend -> (loader, cheap model id without loading the model)
+# backend -> (loader, cheap model id without loading the model). Every backend serves the same model
+# with the same embeddings, so they share one id: switching backends never invalidates an index.
 BACKENDS: dict[str, tuple[Callable[[Settings], Embedder], Callable[[Settings], str]]] = {
     "open_clip": (_open_clip, _open_clip_id),
+    "onnx": (_onnx, _open_clip_id),
+    "auto": (_auto, _open_clip_id),
 }
 
 
 def load_embedder(settings: Settings) -> Embedder:
     return BACKENDS[settings.model.backend][0](settings)
+
+
+def load_torch_embedder(settings: Settings) -> Embedder:
+    """The open_clip (PyTorch) embedder of the configured model, whatever model.backend says (generation needs
+    a differentiable model)."""
+    return _open_clip(settings)
 
 
 def configured_model_id(settings: Settings) -> str:
