@@ -384,17 +384,18 @@ class Library:
             tags = tuple(ImageTag(*row) for row in sql.of_path(conn, info.path))
         return dataclasses.replace(info, tags=tags)
 
-    def thumbnail(self, image_id: int) -> Path:
-        """The cached JPEG thumbnail of an indexed image, made on first request (serve.thumbnail_size).
+    def thumbnail(self, image_id: int, side: int | None = None) -> Path:
+        """The cached JPEG rendition of an indexed image, made on first request: longest side `side`
+        (default serve.thumbnail_size; the page asks 2048 for formats a browser cannot show, TIFF, HEIC).
 
-        Raises NotFoundError for an unknown id, ImageDecodeError when its file is gone or unreadable.
+        Raises NotFoundError for an unknown id, ImageDecodeError when its file is gone, unreadable or changed.
         """
         from imgsearch.indexer import thumbs
 
         info = self.image_info(image_id)
         s = self.settings
         return thumbs.thumbnail(
-            Path(info.path), info.content_hash, s.thumbnail_dir, s.serve.thumbnail_size, s.index.max_pixels
+            Path(info.path), info.content_hash, s.thumbnail_dir, side or s.serve.thumbnail_size, s.index.max_pixels
         )
 
     def original(self, image_id: int) -> bytes:
@@ -403,14 +404,6 @@ class Library:
 
         info = self.image_info(image_id)
         return images.read_indexed(Path(info.path), info.content_hash)
-
-    def preview(self, image_id: int, side: int = 2048) -> Path:
-        """A large cached JPEG rendition, for formats a browser cannot show (TIFF, HEIC)."""
-        from imgsearch.indexer import thumbs
-
-        info = self.image_info(image_id)
-        s = self.settings
-        return thumbs.thumbnail(Path(info.path), info.content_hash, s.thumbnail_dir, side, s.index.max_pixels)
 
     def image_info(self, image_id: int) -> ImageInfo:
         info = self.store.image_info(image_id)

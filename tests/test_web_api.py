@@ -227,6 +227,18 @@ def test_query_text_is_never_read_as_a_file_on_the_server(api: TestClient, libra
     assert hits[0]["score"] < 0.99
 
 
+def test_a_format_browsers_cannot_show_is_sent_as_a_jpeg_rendition(api: TestClient, library: Library) -> None:
+    folder = Path(library.store.paths_of([1])[1]).parent
+    Image.open(folder / "green-circle-0.png").save(folder / "scan.tif")
+    library.index([folder])
+    image_id = library.image_id_of(folder / "scan.tif")
+    response = api.get(f"/api/images/{image_id}/file")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    shown = Image.open(io.BytesIO(response.content))
+    assert shown.size == (64, 64)  # never enlarged
+    assert max(abs(a - b) for a, b in zip(_mean(shown), _mean(Image.open(folder / "scan.tif")), strict=True)) < 8
+
+
 # The CLI and a running server
 
 

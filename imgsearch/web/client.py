@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from imgsearch.config import Settings
-from imgsearch.errors import NotFoundError, UsageError
+from imgsearch.errors import UsageError
 from imgsearch.types import Hit
 
 TIMEOUT = 30.0  # a cold server may still be loading the model
@@ -124,8 +124,6 @@ def _decode(status: int, body: bytes) -> dict | None:
         return None
     if status == 400 and isinstance(data, dict):
         raise UsageError(str(data.get("detail", "bad query")))
-    if status == 404 and isinstance(data, dict):
-        raise NotFoundError(str(data.get("detail", "not found")))
     return data if status == 200 and isinstance(data, dict) else None
 
 

@@ -51,6 +51,7 @@ BROWSER_TYPES = {
 }
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 MAX_PAGE = 500
+PREVIEW_SIDE = 2048  # the JPEG rendition of a TIFF or HEIC the lightbox shows
 
 Offset = Annotated[int, Query(ge=0, le=100_000, description="skip this many results")]
 Limit = Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="results per page (serve.page_size)")]
@@ -335,7 +336,7 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         path = Path(lib.image_info(image_id).path)
         media_type = BROWSER_TYPES.get(path.suffix.lower())
         if media_type is None:
-            return FileResponse(lib.preview(image_id), media_type="image/jpeg")
+            return FileResponse(lib.thumbnail(image_id, PREVIEW_SIDE), media_type="image/jpeg")
         return Response(lib.original(image_id), media_type=media_type, headers={"cache-control": "no-cache"})
 
     @api.post("/api/images/{image_id}/tags", response_model=ImageOut, responses=ERRORS, summary="Add or remove a tag")
