@@ -35,11 +35,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(".pytest_cache/d/tinyclip"), help="the tiny model's cache")
     args = ap.parse_args()
     tiny = tinyclip.load_or_train(args.cache.resolve())
-    env = {
-        "IMGSEARCH_MODEL__NAME": tiny.name,
-        "IMGSEARCH_MODEL__CONFIG_FILE": str(tiny.config_path),
-        "IMGSEARCH_MODEL__PRETRAINED": str(tiny.checkpoint_path),
-    }
+    env = crashkit.model_env(tiny)
     work = Path(tempfile.mkdtemp(prefix="imgsearch-corrupt-"))
     try:
         return run(work, env, args)

@@ -47,12 +47,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tiny = tinyclip.load_or_train(args.cache.resolve())
-    env = {
-        "IMGSEARCH_MODEL__NAME": tiny.name,
-        "IMGSEARCH_MODEL__CONFIG_FILE": str(tiny.config_path),
-        "IMGSEARCH_MODEL__PRETRAINED": str(tiny.checkpoint_path),
-        "IMGSEARCH_INDEX__BATCH_SIZE": str(args.batch_size),
-    }
+    env = crashkit.model_env(tiny) | {"IMGSEARCH_INDEX__BATCH_SIZE": str(args.batch_size)}
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="imgsearch-kill-"))
     try:

@@ -117,6 +117,15 @@ def install_hook(directory: Path) -> Path:
     return directory
 
 
+def model_env(tiny: tinyclip.TinyCheckpoint) -> dict[str, str]:
+    """The IMGSEARCH_* variables that point a child process at the tiny model."""
+    return {
+        "IMGSEARCH_MODEL__NAME": tiny.name,
+        "IMGSEARCH_MODEL__CONFIG_FILE": str(tiny.config_path),
+        "IMGSEARCH_MODEL__PRETRAINED": str(tiny.checkpoint_path),
+    }
+
+
 def child_env(
     model_env: Mapping[str, str],
     home: Path,
