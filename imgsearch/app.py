@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from imgsearch.search.tagger import LabelVectors
     from imgsearch.store import sync
     from imgsearch.store.repository import Store
-    from imgsearch.store.vectors import FaissIndex
+    from imgsearch.store.sync import Loaded
 
 
 def _ignore(_: Progress) -> None:
@@ -64,7 +64,10 @@ class Library:
         self.settings = settings
         self._embedder = embedder
         self._store: Store | None = None
-        self._index: tuple[int, FaissIndex] | None = None
+        self._index: Loaded | None = None
+        self._builder: threading.Thread | None = None
+        # A long-running process (serve) brings a vector index that fell behind up to date in a thread.
+        self.rebuild_in_background = False
         self._generated: tuple[int, np.ndarray] | None = None
         self._loading = threading.Lock()  # a server's threads must not load the model twice
         self._torch_embedder: Embedder | None = None
@@ -354,9 +357,9 @@ class Library:
         # Generated images are few: ask for that many more and drop them, rather than pass a huge selector.
         scores, ids = index.search(vector[None, :], k + len(hidden), allowed)
         skip = set(hidden.tolist())
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip][:k]
-        paths = self.store.paths_of(i for i, _ in found)
-        return [Hit(i, paths[i], s) for i, s in found if i in paths]
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip]
+        paths = self.store.paths_of(i for i, _ in found)  # an index that fell behind may hold deleted ids
+        return [Hit(i, paths[i], s) for i, s in found if i in paths][:k]
 
     def similar(
         self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
@@ -451,16 +454,44 @@ class Library:
             self._generated = (generation, self.store.generated_ids())
         return self._generated[1]
 
-    def _vector_index(self) -> FaissIndex:
+    def _vector_index(self) -> Loaded:
         from imgsearch.store import sync
 
         generation = self.store.generation()
-        if self._index is None or self._index[0] != generation:
+        if self._index is None or self._index.generation != generation:
             loaded = sync.load(self.store, self.settings.vector_index_path, self.settings.search)
             if loaded.rebuilt:
                 self._save_if_idle(loaded)
-            self._index = (loaded.generation, loaded.index)
-        return self._index[1]
+            self._index = loaded
+            if not loaded.exact and self.rebuild_in_background:
+                self._start_rebuild()
+        return self._index
+
+    def _start_rebuild(self) -> None:
+        """Build the index afresh in a thread, while queries go on with the one that fell behind.
+
+        Nothing starts while a writer runs: it saves a current index itself when it finishes.
+        """
+        if self._builder is not None and self._builder.is_alive():
+            return
+        try:
+            with self._writer_lock(SAVING):
+                pass
+        except BusyError:
+            return
+        self._builder = threading.Thread(target=self._rebuild, name="imgsearch-index-build", daemon=True)
+        self._builder.start()
+
+    def _rebuild(self) -> None:
+        from imgsearch.store import sync
+
+        try:
+            loaded = sync.rebuild(self.store, self.settings.search)
+        except Exception:  # the index in use keeps answering; the next change tries again
+            return
+        self._save_if_idle(loaded)
+        if self._index is None or self._index.generation <= loaded.generation:
+            self._index = loaded
 
     def _save_if_idle(self, loaded: sync.Loaded) -> None:
         """Persist a rebuilt cache unless a writer is busy (it will save a newer one itself).

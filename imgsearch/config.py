@@ -85,11 +85,18 @@ class IndexSettings:
 @dataclass(frozen=True)
 class SearchSettings:
     top_k: int = _opt(10, "results returned by default")
-    index_type: str = _opt("auto", "flat (exact), hnsw (approximate) or auto", ("auto", "flat", "hnsw"))
-    ann_threshold: int = _opt(250_000, "with index_type auto, use hnsw from this many images on")
+    index_type: str = _opt(
+        "auto",
+        "flat (exact), hnsw (approximate graph), ivf (approximate, 8-bit quantised: a quarter of the memory) "
+        "or auto (flat, then hnsw from ann_threshold images, then ivf from ivf_threshold)",
+        ("auto", "flat", "hnsw", "ivf"),
+    )
+    ann_threshold: int = _opt(100_000, "with index_type auto, use hnsw from this many images on")
+    ivf_threshold: int = _opt(1_000_000, "with index_type auto, use ivf from this many images on")
     hnsw_m: int = _opt(32, "HNSW graph degree")
     hnsw_ef_construction: int = _opt(200, "HNSW build-time search depth")
     hnsw_ef_search: int = _opt(256, "HNSW query-time search depth (higher: better recall, slower)")
+    ivf_nprobe: int = _opt(64, "IVF lists searched per query (higher: better recall, slower)")
     faiss_gpu: str = _opt("auto", "search on the GPU with faiss-gpu: auto, on or off", ("auto", "on", "off"))
 
 

@@ -104,7 +104,7 @@ if _at in ("tmp-written", "before-rename", "after-rename", "meta-uncommitted"):
 
         def _set_then_die(self, conn, key, value):
             _set_meta(self, conn, key, value)
-            if key == "vectors_sha256":
+            if key == "vectors_checksum":
                 _die()
 
         repository.Store.set_meta = _set_then_die
@@ -206,7 +206,7 @@ class Audit:
     file_state: str = "missing"  # current | stale (valid, older generation) | unverified (checksum differs) | missing
     file_ids: set[int] | None = None  # ids in the file when it is current
     product_rebuilt: bool | None = None  # sync.load: False = the file was used as it is
-    product_ids: set[int] = field(default_factory=set)
+    product_ids: set[int] = field(default_factory=set)  # the ids a query can find (see _audit_file)
     temp_files: list[str] = field(default_factory=list)
 
     @property
@@ -242,7 +242,7 @@ def _audit_file(home: Path, result: Audit, meta: dict[str, str]) -> None:
     path = settings.vector_index_path
     params = sync.choose_params(settings.search, result.row_count)
     if path.exists():
-        index = vectors.read_checked(path, meta.get("vectors_sha256", ""), params)
+        index = vectors.read_checked(path, meta.get("vectors_checksum", ""), params)
         if index is None:
             result.file_state = "unverified"
         elif meta.get("vectors_generation") == meta.get("generation", "0"):
@@ -256,7 +256,12 @@ def _audit_file(home: Path, result: Audit, meta: dict[str, str]) -> None:
         loaded = sync.load(store, path, settings.search)
     finally:
         store.close()
-    result.product_rebuilt, result.product_ids = loaded.rebuilt, ids_of(loaded.index)
+    # A file behind the database answers with what changed since: the ids it holds that are gone are dropped
+    # from results (they must number exactly `dropped`), and the images added since come from SQLite.
+    held = ids_of(loaded.index) | set(loaded.extra_ids.tolist())
+    result.product_rebuilt, result.product_ids = loaded.rebuilt, held & result.ids
+    if len(held - result.ids) != loaded.dropped:
+        result.product_ids.add(-1)  # reported as an extra id
 
 
 def ids_of(index: object) -> set[int]:

@@ -53,7 +53,7 @@ def test_env_values_are_typed(tmp_path: Path) -> None:
         ("index:\n  extensions: jpg\n", ["index.extensions", "a list of strings", ":2"]),
         ("model:\n  name: ViT-B-32\n  colour: red\n", ["model.colour", "unknown setting", ":3"]),
         ("models:\n  name: x\n", ["unknown setting", ":1"]),
-        ("search:\n  index_type: lsh\n", ["search.index_type", "flat", "hnsw"]),
+        ("search:\n  index_type: lsh\n", ["search.index_type", "flat", "hnsw", "ivf"]),
         ("search:\n  top_k: -1\n", ["search.top_k", "negative"]),
         ("model: [1, 2\n", ["not valid YAML"]),
     ],

@@ -42,14 +42,15 @@ def test_kill_9_mid_run_then_restart_loses_nothing(tmp_path: Path, tiny) -> None
 
 
 @pytest.mark.parametrize(
-    ("point", "state"),
-    [("before-rename", "stale"), ("meta-uncommitted", "unverified")],
+    ("point", "state", "rebuilt"),
+    [("before-rename", "stale", False), ("meta-uncommitted", "unverified", True)],
 )
 def test_kill_9_inside_the_index_save_then_restart_loses_nothing(  # type: ignore[no-untyped-def]
-    tmp_path: Path, tiny, tiny_embedder, point: str, state: str
+    tmp_path: Path, tiny, tiny_embedder, point: str, state: str, rebuilt: bool
 ) -> None:
-    """Killed with the new file written but not renamed (a temp file is left), or renamed into place but its
-    checksum not committed: the old checksum no longer matches, so the file is rebuilt, never trusted."""
+    """Killed with the new file written but not renamed (a temp file is left): the old file is intact and used,
+    its 4 deleted images dropped from results. Killed with it renamed into place but its checksum not
+    committed: the old checksum no longer matches, so the file is rebuilt, never trusted."""
     folder, home = tmp_path / "pictures", tmp_path / "home"
     files = crashkit.make_pictures(folder, 40)
     with Library(load_settings(home, overrides=tiny_overrides(tiny)), embedder=tiny_embedder) as lib:
@@ -60,7 +61,7 @@ def test_kill_9_inside_the_index_save_then_restart_loses_nothing(  # type: ignor
     t = crashkit.trial(folder, home, tiny_env(tiny), hook, crashkit.kill_after(0), kill_at=point)
     assert t.problems == []
     assert (t.rows_at_kill, t.uncommitted, t.restart_embedded) == (36, 0, 0), "the removal was committed"
-    assert t.file_state_at_kill == state and t.rebuilt_at_kill
+    assert t.file_state_at_kill == state and t.rebuilt_at_kill == rebuilt
     assert t.temp_files_at_kill == (point == "before-rename")
 
 
@@ -101,7 +102,7 @@ def test_damaged_index_file_is_detected_rebuilt_and_answers_stay_right(indexed, 
     rng = random.Random(kind)
     for case in range(30):
         damage(path, kind, rng, case)
-        checksum = lib.store.get_meta("vectors_sha256") or ""
+        checksum = lib.store.get_meta("vectors_checksum") or ""
         assert vectors.read_checked(path, checksum, sync.choose_params(lib.settings.search, 40)) is None
         fresh = Library(lib.settings, embedder=lib.embedder)  # as a new process would, it reads the file afresh
         try:
@@ -162,7 +163,7 @@ def test_failed_save_is_one_error_and_the_previous_index_still_loads(  # type: i
     crashkit.make_pictures(folder, 24)
     lib.index([folder])
     path = lib.settings.vector_index_path
-    before, checksum = path.read_bytes(), lib.store.get_meta("vectors_sha256") or ""
+    before, checksum = path.read_bytes(), lib.store.get_meta("vectors_checksum") or ""
     crashkit.make_pictures(folder, 8, seed=1, prefix="new")
     name, make = FAILURES[failure]
     with monkeypatch.context() as m:
@@ -173,8 +174,9 @@ def test_failed_save_is_one_error_and_the_previous_index_still_loads(  # type: i
     assert "\n" not in message and message.startswith(f"cannot save the vector index {path}: ")
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.glob("vectors.faiss*")) == [path.name]
     previous = vectors.read_checked(path, checksum, sync.choose_params(lib.settings.search, 24))
-    now = sync.load(lib.store, path, lib.settings.search).index
-    assert previous is not None and crashkit.ids_of(previous) < crashkit.ids_of(now)
+    now = sync.load(lib.store, path, lib.settings.search)
+    assert not now.rebuilt and len(now.extra_ids) == 8, "queries use the previous file, and the 8 new images beside it"
+    assert previous is not None and crashkit.ids_of(previous) == crashkit.ids_of(now.index)
     assert lib.store.count() == 32, "the batches were committed before the save"
     assert {h.path for h in lib.query("a red circle", k=32)} == {str(p) for p in folder.iterdir()}
     again = lib.index([folder])
@@ -265,7 +267,7 @@ def test_really_full_disk_during_the_save(small_disk: Path, tmp_path: Path, tiny
     lib = _home_with_vectors(home, tiny, tiny_embedder, elsewhere)
     lib.index([folder])
     path = lib.settings.vector_index_path
-    before, checksum = path.read_bytes(), lib.store.get_meta("vectors_sha256") or ""
+    before, checksum = path.read_bytes(), lib.store.get_meta("vectors_checksum") or ""
     filler = _fill(small_disk, len(before) // 2)
     files[0].unlink()
     env = crashkit.child_env(tiny_env(tiny), home)

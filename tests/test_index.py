@@ -13,6 +13,7 @@ import pytest
 from imgsearch import Library, load_settings
 from imgsearch.errors import BusyError, InterruptedRun, ModelMismatchError, UsageError, WeightsError
 from imgsearch.store import sync
+from imgsearch.store.repository import NewImage
 from imgsearch.types import Progress
 from tests import tinyclip
 from tests.conftest import tiny_overrides
@@ -57,7 +58,8 @@ def test_changed_deleted_renamed_and_copied_files(lib: Library, shapes) -> None:
     assert (report.embedded, report.removed, report.renamed, report.copied) == (1, 1, 1, 1)
     now = {p: i for i, p in lib.store.paths_of(sqlite_ids(lib)).items()}
     assert now[str(new_name)] == ids_before[str(renamed)], "a rename keeps the row and its id"
-    assert now[str(changed)] == ids_before[str(changed)]
+    # Changed content gets a new id, never used before, so an index file written earlier can tell it is stale.
+    assert now[str(changed)] > max(ids_before.values())
     assert str(deleted) not in now
     assert faiss_ids(lib) == sqlite_ids(lib)
     ids, vecs = lib.store.all_vectors()
@@ -263,3 +265,27 @@ def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Lib
     # A save never waits for a writer: it is skipped.
     with lib._writer_lock(), pytest.raises(BusyError, match="being indexed by pid"), lib._writer_lock(SAVING):
         pass
+
+
+def test_serve_answers_from_an_index_that_fell_behind_while_it_rebuilds_it(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    """A writer killed before its save leaves the file behind the database. A long-running process answers at
+    once from the file plus the images added since (searched exactly), and rebuilds the file in a thread."""
+    folder, _ = shapes
+    lib.index([folder])
+    extra = folder.parent / "extra"
+    extra.mkdir()
+    picture = tinyclip.draw("red", "circle", __import__("random").Random(7))
+    picture.save(extra / "late-red-circle.png")
+    vector = lib.embedder.embed_images([picture])[0]
+
+    with lib.store.write() as conn:  # what a killed writer commits: the row, without saving the index file
+        lib.store.insert_image(conn, NewImage(str(extra / "late-red-circle.png"), 1, 1, "late", 64, 64, vector))
+        lib.store.bump_generation(conn)
+    lib.rebuild_in_background = True
+    hits = lib.query(images=[extra / "late-red-circle.png"], k=3)
+    assert hits[0].path == str(extra / "late-red-circle.png") and hits[0].score > 0.999
+    assert lib._builder is not None
+    lib._builder.join(60)
+    after = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
+    assert after.exact and not after.rebuilt, "the thread saved a current file"
+    assert [h.path for h in lib.query(images=[extra / "late-red-circle.png"], k=3)] == [h.path for h in hits]

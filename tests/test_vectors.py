@@ -51,36 +51,66 @@ def test_flat_remove_and_add_keep_ids() -> None:
     assert found[0, 0] == 500
 
 
-def test_selector_restricts_results_exactly() -> None:
-    data = clustered(1000, 16)
-    ids = np.arange(1000, dtype=np.int64)
-    allowed = np.arange(0, 1000, 7, dtype=np.int64)
-    for kind in ("flat", "hnsw"):
-        index = vectors.build(16, ids, data, IndexParams(kind))
-        _, found = index.search(data[3], 5, allowed=allowed)
-        assert set(found[0]) <= set(allowed)
-        if kind == "flat":
-            np.testing.assert_array_equal(found, brute_force(data[allowed], allowed, data[3:4], 5))
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
-def test_hnsw_recall_at_10_against_exact_search() -> None:
-    """With the shipped defaults (search.hnsw_*), the ANN index finds >= 95% of the exact top 10."""
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("every", [7, 97])
+def test_a_filter_restricts_results_and_still_finds_the_best(kind: str, every: int) -> None:
+    """Only allowed ids come back, and they are the best allowed ones (exactly for flat; ANN kinds find
+    them too, including with a filter that leaves 1% of the images, where a plain ANN walk finds few)."""
+    data = clustered(4000, 16)
+    ids = np.arange(4000, dtype=np.int64)
+    allowed = np.arange(0, 4000, every, dtype=np.int64)
+    index = vectors.build(16, ids, data, sync.choose_params(SearchSettings(index_type=kind), len(data)))
+    queries = clustered(40, 16, seed=3)
+    _, found = index.search(queries, 10, allowed=allowed)
+    assert set(found.ravel()) <= set(allowed)
+    truth = brute_force(data[allowed], allowed, queries, 10)
+    if kind == "flat":
+        np.testing.assert_array_equal(found, truth)
+    else:
+        assert recall_at_10(found, truth) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_ann_recall_at_10_against_exact_search(kind: str) -> None:
+    """With the shipped defaults (search.hnsw_*, search.ivf_*), the ANN index finds >= 95% of the exact top 10."""
     data = clustered(20000, 64)
     ids = np.arange(20000, dtype=np.int64)
     queries = clustered(200, 64, seed=7)
-    params = sync.choose_params(SearchSettings(index_type="hnsw"), len(data))
-    assert params.kind == "hnsw"
+    params = sync.choose_params(SearchSettings(index_type=kind), len(data))
+    assert params.kind == kind
     index = vectors.build(64, ids, data, params)
     _, found = index.search(queries, 10)
-    truth = brute_force(data, ids, queries, 10)
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
-    assert recall >= 0.95, recall
+    assert recall_at_10(found, brute_force(data, ids, queries, 10)) >= 0.95
 
 
-def test_auto_index_type_switches_at_threshold() -> None:
-    settings = SearchSettings(ann_threshold=1000)
+def test_ivf_removes_and_adds_by_id() -> None:
+    data = clustered(4000, 16)
+    index = vectors.build(16, np.arange(4000, dtype=np.int64) + 100, data, IndexParams("ivf"))
+    index.remove(np.array([105, 107]))
+    _, found = index.search(data[5], 3)
+    assert 105 not in found[0] and len(index) == 3998
+    index.add(np.array([9000]), data[5:6])
+    _, found = index.search(data[5], 1)
+    assert found[0, 0] == 9000
+
+
+def test_ivf_lists_follow_the_collection_size() -> None:
+    assert vectors.ivf_lists(1_000_000) == 4096
+    assert vectors.ivf_lists(100_000) == 1024
+    assert vectors.ivf_lists(1000) == 25  # at least 40 training points per list
+    assert vectors.ivf_lists(10) == 1
+
+
+def test_auto_index_type_follows_the_collection_size() -> None:
+    settings = SearchSettings(ann_threshold=1000, ivf_threshold=5000)
     assert sync.choose_params(settings, 999).kind == "flat"
     assert sync.choose_params(settings, 1000).kind == "hnsw"
+    assert sync.choose_params(settings, 4999).kind == "hnsw"
+    assert sync.choose_params(settings, 5000).kind == "ivf"
     assert sync.choose_params(SearchSettings(index_type="flat", ann_threshold=1), 10**6).kind == "flat"
 
 
@@ -136,13 +166,63 @@ def test_corrupt_index_file_is_detected_and_rebuilt(cached: tuple[Store, Path, n
     _check_rebuilt_and_correct(store, path, data)
 
 
-def test_stale_index_file_is_rebuilt_after_a_write(cached: tuple[Store, Path, np.ndarray]) -> None:
+def _current_answer(store: Store, loaded: sync.Loaded, queries: np.ndarray, k: int) -> np.ndarray:
+    """What a query shows: the loaded index's ids, those no longer in the database left out, the first k."""
+    known = set(store.all_vectors()[0].tolist())
+    _, found = loaded.search(queries, k)
+    return np.array([[i for i in row if i in known][:k] for row in found])
+
+
+def test_an_index_file_behind_the_database_answers_for_the_database(
+    cached: tuple[Store, Path, np.ndarray],
+) -> None:
+    """Images added, deleted and changed since the file was written: the file is used, not rebuilt (an
+    ANN build can take minutes), and the answers are exactly those of an index of the database now."""
     store, path, data = cached
+    fresh = clustered(20, 16, seed=5)
     with store.write() as conn:
-        store.insert_image(conn, NewImage("/p/new.jpg", 1, 1, "new", 1, 1, data[0]))
+        for i, vec in enumerate(fresh[:10]):
+            store.insert_image(conn, NewImage(f"/p/new{i}.jpg", 1, 1, f"n{i}", 1, 1, vec))
+        store.delete_images(conn, [1, 2, 3])
+        for i, vec in enumerate(fresh[10:]):  # new content under a known path: a new id
+            old_id = 10 + i
+            assert store.replace_image(conn, old_id, NewImage(f"/p/{old_id - 1}.jpg", 2, 2, f"c{i}", 1, 1, vec)) > 300
         store.bump_generation(conn)
     loaded = sync.load(store, path, SearchSettings())
-    assert loaded.rebuilt and len(loaded.index) == 301
+    assert not loaded.rebuilt and not loaded.exact
+    assert (len(loaded.extra_ids), loaded.dropped, len(loaded)) == (20, 13, store.count())
+    ids, current = store.all_vectors()
+    queries = np.concatenate([fresh, data[:20], clustered(20, 16, seed=6)])
+    truth = brute_force(current, ids, queries, 10)
+    np.testing.assert_array_equal(_current_answer(store, loaded, queries, 10), truth)
+    np.testing.assert_array_equal(_current_answer(store, sync.rebuild(store, SearchSettings()), queries, 10), truth)
+
+
+def test_an_index_file_too_far_behind_is_rebuilt(
+    cached: tuple[Store, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, path, _ = cached
+    monkeypatch.setattr(sync, "MAX_ADDED", 5)
+    with store.write() as conn:
+        for i, vec in enumerate(clustered(6, 16, seed=5)):
+            store.insert_image(conn, NewImage(f"/p/new{i}.jpg", 1, 1, f"n{i}", 1, 1, vec))
+        store.bump_generation(conn)
+    loaded = sync.load(store, path, SearchSettings())
+    assert loaded.rebuilt and loaded.exact and len(loaded.index) == 306
+
+
+def test_queries_map_the_file_and_survive_its_replacement(cached: tuple[Store, Path, np.ndarray]) -> None:
+    """A query maps the index read-only; a writer replacing the file (rename) does not disturb it."""
+    store, path, data = cached
+    loaded = sync.load(store, path, SearchSettings())
+    assert not loaded.rebuilt
+    before = loaded.search(data[:5], 3)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) in maps.read_text()
+    sync.save(store, path, sync.rebuild(store, SearchSettings(index_type="hnsw")).index, store.generation())
+    after = loaded.search(data[:5], 3)
+    np.testing.assert_array_equal(before[1], after[1])
 
 
 def test_failed_write_leaves_previous_file_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

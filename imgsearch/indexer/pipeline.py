@@ -272,9 +272,8 @@ class Writer:
         self.store.forget_skipped(conn, [r.entry.path])
         if r.old is None:
             return self.store.insert_image(conn, new)
-        self.store.replace_image(conn, r.old.id, new)
         removed.append(r.old.id)
-        return r.old.id
+        return self.store.replace_image(conn, r.old.id, new)
 
     def _write_deferred(
         self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
@@ -358,9 +357,10 @@ def run(
     report.unchanged = work.unchanged
     report.known_bad = len(work.known_bad)
     report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)
-    loaded = sync.load(store, index_path, search) if store.count() else None
+    # Read in full, not mapped: the writer changes its copy. Queries meanwhile use the file as it is.
+    loaded = sync.from_file(store, index_path, search, mapped=False) if store.count() else None
     lazy = LazyEmbedder(embedder)
-    writer = Writer(store, loaded.index if loaded else None, lazy, work, report)
+    writer = Writer(store, sync.caught_up(loaded) if loaded else None, lazy, work, report)
     reader = Reader(lazy, settings, store.find_by_hash)
     total = len(work.todo)
     done = 0
@@ -406,12 +406,12 @@ def _save(
     index = writer.index
     wanted = sync.choose_params(search, count).kind
     if index is None or writer.index_stale or index.kind != wanted or len(index) != count:
-        loaded = sync.load(store, path, search)
+        loaded = sync.rebuild(store, search)
         index, generation = loaded.index, loaded.generation
-        current = not loaded.rebuilt
+        current = False
     else:
         generation = writer.generation
-        current = loaded is not None and not loaded.rebuilt and loaded.generation == generation
+        current = loaded is not None and loaded.exact and not loaded.rebuilt and loaded.generation == generation
     if not current:
         sync.save(store, path, index, generation)
     on_progress(Progress("save", 1, 1))

@@ -195,10 +195,13 @@ class Store:
         values = _row_values(new)
         return int(conn.execute(insert(images).values(**values).returning(images.c.id)).scalar_one())
 
-    def replace_image(self, conn: Connection, image_id: int, new: NewImage) -> None:
-        """New content under a known path: same id; its auto tags described the old content and go."""
-        conn.execute(update(images).where(images.c.id == image_id).values(**_row_values(new), tags_key=None))
+    def replace_image(self, conn: Connection, image_id: int, new: NewImage) -> int:
+        """New content under a known path: a new row and id (so that a vector index written before can tell
+        the vector it holds is stale); hand tags stay with the path, auto tags described the old content and go.
+        """
+        conn.execute(delete(images).where(images.c.id == image_id))
         conn.execute(delete(image_tags).where((image_tags.c.path == new.path) & (image_tags.c.source == "auto")))
+        return self.insert_image(conn, new)
 
     def move_image(self, conn: Connection, image_id: int, path: str, size: int, mtime_ns: int) -> None:
         """Same content under a new path (or touched in place): the row, its id and its tags follow."""
@@ -220,13 +223,21 @@ class Store:
         if conn is None:
             with self.read() as c:
                 return self.all_vectors(c)
-        rows = conn.execute(select(images.c.id, images.c.vector).order_by(images.c.id)).all()
+        return self.vectors_after(conn, 0)
+
+    def vectors_after(self, conn: Connection, after_id: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the images whose id is above after_id, in id order (the first `limit`)."""
+        stmt = select(images.c.id, images.c.vector).where(images.c.id > after_id).order_by(images.c.id).limit(limit)
+        rows = conn.execute(stmt).all()
         _, dim = self.model(conn)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, dim or 0), dtype=np.float32)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
         return ids, vectors.astype(np.float32, copy=False)
+
+    def max_id(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.max(images.c.id))).scalar() or 0)
 
     def image_info(self, image_id: int) -> ImageInfo | None:
         """The row of one image (without tags), or None when no image has that id."""

@@ -507,6 +507,7 @@ def run(
     token = secrets.token_urlsafe(24)
     hosts = [*s.allowed_hosts, *(_own_names(host) if public else [])]
     app = create_app(lib, token=token, port=bound, public=public, hosts=hosts)
+    lib.rebuild_in_background = True  # a vector index that fell behind is rebuilt while queries go on
     local = f"http://{_url_host(host)}:{bound}/"
     client.announce(lib.settings, client.Server(local, token, os.getpid(), client.fingerprint(lib.settings)))
     threading.Thread(target=_prepare, args=(lib, on_notice), name="imgsearch-warm", daemon=True).start()
