@@ -47,13 +47,20 @@ def fill(home: Path, env: dict[str, str], n: int) -> None:
     store = Store(settings.database_path)
     if store.count() == n:
         return
-    vectors = clustered(n, 512)
+    from sqlalchemy import insert
+
+    from imgsearch.store.repository import _row_values
+    from imgsearch.store.schema import images
+
     with store.write() as conn:
         store.claim_model(conn, configured_model_id(settings), 512)
-        for i in range(n):
-            store.insert_image(
-                conn, NewImage(f"/photos/{i // 1000:04d}/{i:07d}.jpg", 1, 1, f"{i:032x}", 4000, 3000, vectors[i])
-            )
+        for start in range(0, n, 50_000):  # in slices: 1M vectors are 2 GB
+            vectors = clustered(min(50_000, n - start), 512, seed=start)
+            rows = [
+                _row_values(NewImage(f"/photos/{i // 1000:04d}/{i:07d}.jpg", 1, 1, f"{i:032x}", 4000, 3000, v))
+                for i, v in enumerate(vectors, start)
+            ]
+            conn.execute(insert(images), rows)
         store.bump_generation(conn)
     store.close()
 

@@ -196,6 +196,33 @@ def test_an_index_file_behind_the_database_answers_for_the_database(
     truth = brute_force(current, ids, queries, 10)
     np.testing.assert_array_equal(_current_answer(store, loaded, queries, 10), truth)
     np.testing.assert_array_equal(_current_answer(store, sync.rebuild(store, SearchSettings()), queries, 10), truth)
+    # A filter naming images on both sides (in the file, added since) gets the best allowed of both.
+    allowed = ids[::5]
+    _, found = loaded.search(queries, 10, allowed)  # only allowed ids: none that are gone, so the first 10
+    np.testing.assert_array_equal(found[:, :10], brute_force(current[::5], allowed, queries, 10))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_filtered_query_on_an_ann_file_behind_the_database(tmp_path: Path, kind: str) -> None:
+    """The allowed ids include images the file does not hold yet (and a selective filter, which HNSW scores
+    exactly from its stored vectors): they come from beside it, and nothing fails on ids it lacks."""
+    store, _ = _store_with(tmp_path, 4000)
+    path = tmp_path / "vectors.faiss"
+    settings = SearchSettings(index_type=kind)
+    sync.save(store, path, sync.rebuild(store, settings).index, store.generation())
+    fresh = clustered(30, 16, seed=9)
+    with store.write() as conn:
+        for i, vec in enumerate(fresh):
+            store.insert_image(conn, NewImage(f"/p/new{i}.jpg", 1, 1, f"n{i}", 1, 1, vec))
+        store.bump_generation(conn)
+    loaded = sync.load(store, path, settings)
+    assert not loaded.rebuilt and len(loaded.extra_ids) == 30
+    ids, current = store.all_vectors()
+    allowed = np.concatenate([ids[:100], loaded.extra_ids])
+    _, found = loaded.search(fresh, 10, allowed)
+    truth = brute_force(current[np.isin(ids, allowed)], allowed, fresh, 10)
+    assert set(found.ravel()) <= set(allowed) and recall_at_10(found, truth) >= 0.95
+    assert list(found[:, 0]) == list(loaded.extra_ids)
 
 
 def test_an_index_file_too_far_behind_is_rebuilt(
@@ -211,11 +238,15 @@ def test_an_index_file_too_far_behind_is_rebuilt(
     assert loaded.rebuilt and loaded.exact and len(loaded.index) == 306
 
 
-def test_queries_map_the_file_and_survive_its_replacement(cached: tuple[Store, Path, np.ndarray]) -> None:
-    """A query maps the index read-only; a writer replacing the file (rename) does not disturb it."""
-    store, path, data = cached
-    loaded = sync.load(store, path, SearchSettings())
-    assert not loaded.rebuilt
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_queries_map_the_file_and_survive_its_replacement(tmp_path: Path, kind: str) -> None:
+    """A query maps the index read-only (every kind); a writer replacing the file (rename) does not disturb it."""
+    store, data = _store_with(tmp_path, 2000)
+    path = tmp_path / "vectors.faiss"
+    settings = SearchSettings(index_type=kind)
+    sync.save(store, path, sync.rebuild(store, settings).index, store.generation())
+    loaded = sync.load(store, path, settings)
+    assert not loaded.rebuilt and loaded.exact and loaded.index.kind == kind
     before = loaded.search(data[:5], 3)
     maps = Path("/proc/self/maps")
     if maps.exists():

@@ -36,6 +36,8 @@ images = Table(
     Column("tags_key", String(32), nullable=True),
     # Made by `imgsearch generate` (its PNG carries imgsearch provenance): left out of queries by default.
     Column("generated", Boolean, nullable=False, server_default=false()),
+    # Queries look up the few generated images on every search; without it SQLite reads every row (and vector).
+    Index("ix_images_generated", "generated"),
     sqlite_autoincrement=True,
 )
 

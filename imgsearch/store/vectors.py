@@ -102,7 +102,8 @@ class FaissIndex:
         allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         if self.kind == "hnsw" and 4 * len(allowed) < len(self):
             # A graph walk that may only stop at a few allowed nodes loses most of them: score those exactly.
-            return exact_search(queries, k, allowed, self.index.reconstruct_batch(allowed))
+            held = allowed[np.isin(allowed, faiss.vector_to_array(self.index.id_map))]
+            return exact_search(queries, k, held, self.index.reconstruct_batch(held))
         return self.index.search(queries, k, params=self._selector_params(allowed))
 
     def _selector_params(self, allowed: np.ndarray) -> Any:
@@ -244,7 +245,10 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-MAPPED = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+# How FAISS maps a file: the vectors of a flat or HNSW index (under an IndexIDMap2, fourcc "IxM2"), or the
+# inverted lists of an IVF one; it refuses to do both at once.
+MAPPED_CODES = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+MAPPED_LISTS = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
 
 
 def read_checked(path: Path, expected: str, params: IndexParams, *, mapped: bool = False) -> FaissIndex | None:
@@ -263,7 +267,8 @@ def read_checked(path: Path, expected: str, params: IndexParams, *, mapped: bool
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     if checksum(view) != expected:
                         return None
-                index = faiss.read_index(str(path), MAPPED if mapped else 0)
+                    flags = (MAPPED_CODES if view[:4] == b"IxM2" else MAPPED_LISTS) if mapped else 0
+                index = faiss.read_index(str(path), flags)
                 if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
                     continue  # replaced after the check: check the new one
             return FaissIndex.wrap(index, params)
