@@ -459,7 +459,7 @@ class Library:
 
         generation = self.store.generation()
         if self._index is None or self._index.generation != generation:
-            loaded = sync.load(self.store, self.settings.vector_index_path, self.settings.search)
+            loaded = sync.load(self.store, self.settings.vector_index_path, self.settings.search, self._index)
             if loaded.rebuilt:
                 self._save_if_idle(loaded)
             self._index = loaded

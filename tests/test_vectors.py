@@ -268,3 +268,26 @@ def test_failed_write_leaves_previous_file_intact(tmp_path: Path, monkeypatch: p
         vectors.write_atomic(path, b"new contents")
     assert path.read_bytes() == b"old contents"
     assert [p.name for p in tmp_path.iterdir()] == ["vectors.faiss"]
+
+
+def test_a_process_does_not_read_the_same_file_twice(
+    cached: tuple[Store, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each commit of a running writer, a server reloads: while the file is the one it mapped (same
+    checksum), only the rows added since are read, not the file (a 150 ms checksum pass at 1M images)."""
+    store, path, data = cached
+    first = sync.load(store, path, SearchSettings())
+    with store.write() as conn:
+        store.insert_image(conn, NewImage("/p/new.jpg", 1, 1, "new", 1, 1, data[7]))
+        store.bump_generation(conn)
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file was read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(vectors, "read_checked", no_read)
+        again = sync.load(store, path, SearchSettings(), previous=first)
+    assert again.index is first.index and len(again.extra_ids) == 1 and again.generation == first.generation + 1
+    sync.save(store, path, sync.rebuild(store, SearchSettings()).index, store.generation())
+    fresh = sync.load(store, path, SearchSettings(), previous=again)  # a new file: read, and current
+    assert fresh.index is not first.index and fresh.exact and len(fresh) == 301

@@ -58,6 +58,7 @@ class Loaded:
     extra: np.ndarray = field(default_factory=_empty)
     dropped: int = 0  # images in the base that are gone from the database; the caller drops unknown ids
     kind_wanted: str = ""  # the kind the collection's size calls for, when the base is of another
+    checksum: str = ""  # of the file the base was read from ("" when built here)
 
     @property
     def exact(self) -> bool:
@@ -87,13 +88,16 @@ def _none(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
-def load(store: Store, path: Path, search: SearchSettings) -> Loaded:
+def load(store: Store, path: Path, search: SearchSettings, previous: Loaded | None = None) -> Loaded:
     """The index for the current generation: the file, memory-mapped, with what changed since it was written,
-    when it is intact and not too far behind; else one rebuilt from the database."""
-    return from_file(store, path, search, mapped=True) or rebuild(store, search)
+    when it is intact and not too far behind; else one rebuilt from the database. previous: what this process
+    loaded before; while the file is still the one it was read from, it is not read (checksummed) again."""
+    return from_file(store, path, search, mapped=True, previous=previous) or rebuild(store, search)
 
 
-def from_file(store: Store, path: Path, search: SearchSettings, *, mapped: bool) -> Loaded | None:
+def from_file(
+    store: Store, path: Path, search: SearchSettings, *, mapped: bool, previous: Loaded | None = None
+) -> Loaded | None:
     """The file's index with what changed since it was written; None if it is missing, damaged, of another
     model or too far behind. mapped: map it read-only (queries) rather than read it (a writer's copy)."""
     with store.read() as conn:
@@ -101,7 +105,11 @@ def from_file(store: Store, path: Path, search: SearchSettings, *, mapped: bool)
         count = store.count(conn)
         _, dim = store.model(conn)
         params = choose_params(search, count)
-        index = vectors.read_checked(path, store.get_meta("vectors_checksum", conn) or "", params, mapped=mapped)
+        checksum = store.get_meta("vectors_checksum", conn) or ""
+        if previous is not None and previous.checksum and previous.checksum == checksum:
+            index: FaissIndex | None = previous.index  # the same file, mapped already
+        else:
+            index = vectors.read_checked(path, checksum, params, mapped=mapped)
         written_at = store.get_meta("vectors_generation", conn)
         max_id = store.get_meta("vectors_max_id", conn)
         if index is not None and written_at is not None and max_id is not None and index.dim == (dim or index.dim):
@@ -112,7 +120,7 @@ def from_file(store: Store, path: Path, search: SearchSettings, *, mapped: bool)
             dropped = len(index) - (count - len(extra_ids))
             if 0 <= dropped <= MAX_GONE and len(extra_ids) <= MAX_ADDED:
                 wanted = params.kind if index.kind != params.kind else ""
-                return Loaded(index, generation, False, extra_ids, extra, dropped, wanted)
+                return Loaded(index, generation, False, extra_ids, extra, dropped, wanted, checksum)
     return None
 
 
