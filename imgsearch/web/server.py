@@ -509,30 +509,28 @@ def run(
     app = create_app(lib, token=token, port=bound, public=public, hosts=hosts)
     lib.rebuild_in_background = True  # a vector index that fell behind is rebuilt while queries go on
     local = f"http://{_url_host(host)}:{bound}/"
-    client.announce(lib.settings, client.Server(local, token, os.getpid(), client.fingerprint(lib.settings)))
-    threading.Thread(target=_prepare, args=(lib, on_notice), name="imgsearch-warm", daemon=True).start()
-    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again: ours ends run() normally.
-    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    server = uvicorn.Server(config)
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True  # a server not started yet never starts; a running one stops gracefully
+
+    # While it runs, uvicorn handles SIGINT/SIGTERM itself and then raises the signal again: ours, harmless then.
+    # Ours only sets a flag: raising from a handler could break whatever the main thread is doing at that moment.
+    # Installed before the discovery file announces the server, so a signal from then on is always a clean stop.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        client.announce(lib.settings, client.Server(local, token, os.getpid(), client.fingerprint(lib.settings)))
+        threading.Thread(target=_prepare, args=(lib, on_notice), name="imgsearch-warm", daemon=True).start()
         on_ready(f"{local}?token={token}" if public else local)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
-        uvicorn.Server(config).run(sockets=[sock])
-    except _Stopped:
-        pass
+        if not server.should_exit:
+            server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         cast(FastAPI, app.app).state.jobs.close()
         client.withdraw(lib.settings)
         sock.close()
-
-
-class _Stopped(Exception):
-    pass
-
-
-def _stopped(signum: int, frame: object) -> None:
-    raise _Stopped
 
 
 def _prepare(lib: Library, on_notice: Callable[[str], None]) -> None:
