@@ -280,3 +280,15 @@ def test_a_process_does_not_read_the_same_file_twice(
     sync.save(store, path, sync.rebuild(store, SearchSettings()).index, store.generation())
     fresh = sync.load(store, path, SearchSettings(), previous=again)  # a new file: read, and current
     assert fresh.index is not first.index and fresh.exact and len(fresh) == 301
+
+
+def test_a_selective_filter_on_hnsw_sees_vectors_added_after_an_earlier_filtered_query() -> None:
+    """The ids an HNSW index holds are read once for filtered queries, and read again after add."""
+    data = clustered(2000, 16, seed=3)
+    index = vectors.build(16, np.arange(1, 2001, dtype=np.int64), data, vectors.IndexParams("hnsw"))
+    allowed = np.array([5, 50, 500, 5000], dtype=np.int64)  # 5000 is not held yet
+    _, found = index.search(data[49], 3, allowed)
+    assert found[0][0] == 50 and 5000 not in found[0]
+    index.add(np.array([5000], dtype=np.int64), data[49:50])
+    _, found = index.search(data[49], 2, allowed)
+    assert set(found[0]) == {50, 5000}
