@@ -33,6 +33,7 @@ from imgsearch.types import (
     LabelResult,
     LabelScore,
     MatchVerdict,
+    MigrateReport,
     Progress,
     QueryTerm,
     Skipped,
@@ -45,12 +46,13 @@ from imgsearch.types import (
 
 if TYPE_CHECKING:
     from imgsearch.embed import Embedder
-    from imgsearch.indexer.pipeline import OnProgress
+    from imgsearch.indexer.pipeline import MakeReader, OnProgress
     from imgsearch.search.labels import Label
     from imgsearch.search.tagger import LabelVectors
     from imgsearch.store import sync
     from imgsearch.store.repository import Store
     from imgsearch.store.sync import Loaded
+    from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport
 
 
 def _ignore(_: Progress) -> None:
@@ -98,7 +100,7 @@ class Library:
         if self._store is None:
             from imgsearch.store.repository import Store
 
-            self._store = Store(self.settings.database_path)
+            self._store = Store(self.settings.store.url or self.settings.database_path)
         return self._store
 
     @property
@@ -204,12 +206,21 @@ class Library:
                 self.settings.vector_index_path,
                 on_progress,
                 stop,
+                self._ray_reader(),
             )
         finally:
             self._index = None
         if self.settings.tagging.auto:
             report.tagged = self._tag(None, None, on_progress, stop)
         return report
+
+    def _ray_reader(self) -> MakeReader | None:
+        """The reader stage on the Ray cluster at `index.ray`, if set (only then is Ray imported)."""
+        if not self.settings.index.ray:
+            return None
+        from imgsearch.indexer import distributed
+
+        return distributed.reader(self.settings, self.store)
 
     def _roots(self, paths: Sequence[str | Path]) -> list[str]:
         if not paths:
@@ -345,6 +356,8 @@ class Library:
     ) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
         k = k or self.settings.search.top_k
+        if self.store.postgres:
+            return self._search_in_database(vector, k, path_prefix, tags, include_generated)
         index = self._vector_index()
         hidden = np.zeros(0, dtype=np.int64) if include_generated else self._generated_ids()
         allowed = None
@@ -360,6 +373,25 @@ class Library:
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip]
         paths = self.store.paths_of(i for i, _ in found)  # an index that fell behind may hold deleted ids
         return [Hit(i, paths[i], s) for i, s in found if i in paths][:k]
+
+    def _search_in_database(
+        self,
+        vector: np.ndarray,
+        k: int,
+        path_prefix: str | Path | None,
+        tags: Sequence[str],
+        include_generated: bool,
+    ) -> list[Hit]:
+        """PostgreSQL: vector search and every filter in one statement (pgvector's HNSW index)."""
+        from imgsearch.store import tags as sql
+
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        tagged = sql.with_all([t.strip() for t in tags]) if tags else None
+        ef = self.settings.store.ef_search
+        rows = self.store.nearest(
+            vector, k, root=root, tagged=tagged, include_generated=include_generated, ef_search=ef
+        )
+        return [Hit(i, path, score) for i, path, score in rows]
 
     def similar(
         self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
@@ -422,7 +454,8 @@ class Library:
         """Load the model and the vector index now, so that the first query does not wait for them."""
         if self.store.count():
             self._check_model()
-            self._vector_index()
+            if not self.store.postgres:
+                self._vector_index()
         self.embedder.embed_texts(["warm up"])
 
     def prune_thumbnails(self) -> int:
@@ -750,6 +783,89 @@ class Library:
 
         return LabelVectors(self.store, lambda: self.embedder, self.settings.tagging.templates, on_progress)
 
+    # embeddings in and out (clip-retrieval's layout)
+
+    def export_embeddings(
+        self,
+        out: str | Path,
+        fmt: str = "clip-retrieval",
+        *,
+        path_prefix: str | Path | None = None,
+        shard_size: int | None = None,
+        on_progress: OnProgress = _ignore,
+    ) -> EmbeddingExportReport:
+        """Write the indexed vectors (under path_prefix) where autofaiss and clip-retrieval read them.
+
+        out/img_emb/img_emb_N.npy (float16, unit rows) and out/metadata/metadata_N.parquet (image_path and
+        our columns), plus out/imgsearch.json naming the model. out must be new, empty, or an earlier export,
+        which is replaced (see imgsearch.store.exchange). Queries and indexing go on meanwhile.
+        """
+        from imgsearch.store import exchange
+
+        if fmt != exchange.FORMAT:
+            raise UsageError(f"export: unknown format {fmt!r} (known: {exchange.FORMAT})")
+        if shard_size is not None and shard_size < 1:
+            raise UsageError("export: the shard size must be at least 1")
+        if self.store.count() == 0:
+            raise IndexEmptyError(f"the index at {self.settings.home} is empty: run `imgsearch index FOLDER` first")
+        root = _absolute(path_prefix) if path_prefix is not None else None
+        size = shard_size or exchange.SHARD_SIZE
+        return exchange.export(self.store, Path(out).expanduser(), root, size, on_progress)
+
+    def import_embeddings(
+        self,
+        src: str | Path,
+        *,
+        map_prefix: tuple[str, str] | None = None,
+        on_progress: OnProgress = _ignore,
+        stop: threading.Event | None = None,
+    ) -> EmbeddingImportReport:
+        """Index the image files a clip-retrieval output names, with its vectors instead of the model's.
+
+        Every row whose image_path (its map_prefix swapped for this machine's) is a file here becomes an
+        indexed image, exactly as `index` would record it, so a later `index` of its folder embeds nothing.
+        The vectors must come from the configured model: an export of ours names it and is refused when it
+        differs; another tool's output cannot say, so only its dimension is checked (report.model_checked).
+        Files missing here are counted and listed. Nothing is written before every shard has been checked.
+        """
+        from imgsearch.embed import configured_model_id
+        from imgsearch.indexer import imported
+        from imgsearch.indexer.scan import NameFilter
+        from imgsearch.store import exchange
+
+        with self._writer_lock("importing"):
+            source = exchange.open_source(Path(src).expanduser())
+            self._check_model(allow_empty=True)
+            configured = configured_model_id(self.settings)
+            # The dimension the configured model makes, loading it only when nothing else can tell.
+            dim = self.store.model()[1] if self.store.count() else None
+            dim = dim or (source.dim if source.model_id is not None else self.embedder.dim)
+            ix = self.settings.index
+            names = NameFilter(ix.extensions, ix.exclude)
+            report = exchange.import_source(
+                self.store,
+                source,
+                configured,
+                dim,
+                lambda raw, need_size: imported.inspect(raw, need_size, names, map_prefix),
+                workers=ix.workers or os.cpu_count() or 2,
+                on_progress=on_progress,
+                stop=stop,
+            )
+            if report.imported:
+                self._save_vector_index()
+        return report
+
+    def _save_vector_index(self) -> None:
+        """Write the FAISS cache for what a writer committed, as `index` does at its end (SQLite only)."""
+        from imgsearch.store import sync
+
+        self._index = None
+        if self.store.postgres:
+            return
+        loaded = sync.rebuild(self.store, self.settings.search)
+        sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
+
     # reporting
 
     def status(self) -> Status:
@@ -759,25 +875,57 @@ class Library:
 
         store = self.store
         model_id, dim = store.model()
-        index_path = self.settings.vector_index_path
         updated = store.get_meta("updated_at")
         count = store.count()
+        if store.postgres:
+            index_type, (database_bytes, index_bytes) = "pgvector-hnsw", store.sizes()
+        else:
+            index_type = store.get_meta("index_type") or choose_params(self.settings.search, count).kind
+            database_bytes, index_bytes = _size(self.settings.database_path), _size(self.settings.vector_index_path)
         return Status(
             home=str(self.settings.home),
             images=count,
             skipped=store.skipped_count(),
             model_id=model_id,
             dim=dim,
-            index_type=store.get_meta("index_type") or choose_params(self.settings.search, count).kind,
-            database_bytes=_size(self.settings.database_path),
-            index_bytes=_size(index_path),
+            index_type=index_type,
+            database_bytes=database_bytes,
+            index_bytes=index_bytes,
             updated_at=float(updated) if updated else None,
             roots=tuple(store.roots()),
-            sqlite_version=sqlite3.sqlite_version,
+            sqlite_version="" if store.postgres else sqlite3.sqlite_version,
+            database=store.name,
         )
 
     def skipped(self) -> list[Skipped]:
         return self.store.skipped_files()
+
+    # moving between stores
+
+    def migrate(self, to: str, on_progress: OnProgress = _ignore) -> MigrateReport:
+        """Copy this home's database (SQLite, or PostgreSQL when store.url is set) into `to`: a
+        postgresql:// URL, or "sqlite" for the home's SQLite file. The source is left as it was; the target
+        must hold no images. Set store.url as the report says to use the copy."""
+        from imgsearch.store.repository import Store
+        from imgsearch.store.transfer import copy_store
+
+        started = time.monotonic()
+        into_sqlite = to.strip().lower() == "sqlite"
+        if into_sqlite and not self.settings.store.url:
+            raise UsageError(f"migrate: {self.settings.database_path} is already the database in use")
+        if not into_sqlite and to.strip() == self.settings.store.url:
+            raise UsageError("migrate: that is the database in use (store.url)")
+        with self._writer_lock():
+            source = self.store
+            target = Store(self.settings.database_path if into_sqlite else to.strip())
+            try:
+                count = copy_store(source, target, lambda done, total: on_progress(Progress("copy", done, total)))
+            finally:
+                target.close()
+            if into_sqlite:  # a FAISS file left from before describes another database
+                self.settings.vector_index_path.unlink(missing_ok=True)
+        use = "store.url= (empty: SQLite in the home folder)" if into_sqlite else f"store.url={target.name}"
+        return MigrateReport(source.name, target.name, count, time.monotonic() - started, use)
 
 
 class _QueryEncoder:

@@ -77,14 +77,44 @@ def _library(ctx: click.Context) -> Iterator[Library]:
 @click.option("--rebuild", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--ray",
+    metavar="ADDRESS",
+    help="Decode and embed on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (index.ray).",
+)
 @click.pass_context
-def index(ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool, as_json: bool) -> None:
+def index(
+    ctx: click.Context, paths: tuple[str, ...], rebuild: bool, quiet: bool, as_json: bool, ray: str | None
+) -> None:
     """Index the images under PATHS (default: the folders indexed before)."""
+    if ray is not None:
+        ctx.obj["overrides"]["index.ray"] = ray
     with _stop_on_signals() as stop, _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
         report = lib.index(paths, rebuild=rebuild, on_progress=on_progress, stop=stop)
     click.echo(render.to_json(report) if as_json else render.report(report))
     if report.skipped or report.known_bad:
         ctx.exit(EXIT_SKIPPED)
+
+
+@cli.command()
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL|sqlite",
+    help="postgresql://user@host/database, or sqlite (the home's own file) to come back from PostgreSQL.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def migrate(ctx: click.Context, target: str, quiet: bool, as_json: bool) -> None:
+    """Copy the index (images, vectors, tags, settings of the index) into another database.
+
+    The database in use is left as it was; the target must hold no images. Set store.url as printed to use it.
+    """
+    with _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.migrate(target, on_progress=on_progress)
+    click.echo(render.to_json(report) if as_json else render.migrated(report))
 
 
 @cli.command()
@@ -381,6 +411,70 @@ def tags(ctx: click.Context, as_json: bool) -> None:
         click.echo(render.to_json(counts))
     else:
         click.echo(render.tag_counts(counts) if counts else "no tags yet (imgsearch tag)")
+
+
+@cli.command("export")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["clip-retrieval"]),
+    default="clip-retrieval",
+    show_default=True,
+    help="img_emb/img_emb_N.npy + metadata/metadata_N.parquet, as clip-retrieval writes them.",
+)
+@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option("--shard-size", type=click.IntRange(min=1), help="Vectors per file (default 1,000,000).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def export_cmd(
+    ctx: click.Context, out: str, fmt: str, path_prefix: str | None, shard_size: int | None, quiet: bool, as_json: bool
+) -> None:
+    """Write the vectors to OUT as clip-retrieval does (for autofaiss, or `imgsearch import`).
+
+    OUT must be new, empty, or an earlier export (whose shards are replaced).
+
+    \b
+    imgsearch export ~/clip-export
+    autofaiss build_index --embeddings ~/clip-export/img_emb --index_path knn.index
+    """
+    with _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.export_embeddings(
+            out, fmt, path_prefix=path_prefix, shard_size=shard_size, on_progress=on_progress
+        )
+    click.echo(render.to_json(report) if as_json else render.embedding_export(report))
+
+
+@cli.command("import")
+@click.argument("src", type=click.Path())
+@click.option(
+    "--map-prefix", metavar="OLD=NEW", help="image_path values starting with OLD are read as starting with NEW."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def import_cmd(ctx: click.Context, src: str, map_prefix: str | None, quiet: bool, as_json: bool) -> None:
+    """Index the files a clip-retrieval output names, with its vectors.
+
+    SRC is what `clip-retrieval inference` or `imgsearch export` wrote. Nothing goes through the model;
+    files missing here are counted and listed.
+
+    \b
+    imgsearch import ~/clip-export
+    imgsearch import embeddings/ --map-prefix /mnt/photos=~/Pictures
+    """
+    mapping = None
+    if map_prefix is not None:
+        old, sep, new = map_prefix.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"expected OLD=NEW, got {map_prefix!r}", param_hint="--map-prefix")
+        mapping = (old, new)
+    with _stop_on_signals() as stop, _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
+        report = lib.import_embeddings(src, map_prefix=mapping, on_progress=on_progress, stop=stop)
+    click.echo(render.to_json(report) if as_json else render.embedding_import(report))
+    if report.skipped:
+        ctx.exit(EXIT_SKIPPED)
 
 
 @cli.command()

@@ -80,6 +80,16 @@ class IndexSettings:
     prefetch: int = _opt(4, "batches decoded ahead of the model")
     jpeg_draft: bool = _opt(True, "decode large JPEGs at reduced scale (much faster, same embedding)")
     max_pixels: int = _opt(178_956_970, "images larger than this are skipped as decompression bombs")
+    ray: str = _opt(
+        "",
+        "decode and embed on a Ray cluster: auto (the one `ray start` began here), HOST:PORT or ray://HOST:PORT; "
+        "empty: off, Ray is not imported",
+    )
+    ray_cpus_per_actor: float = _opt(
+        1.0,
+        "CPUs each embedding actor reserves on a Ray cluster (one actor per GPU, else per this many CPUs)",
+        check=lambda value: None if value > 0 else "be more than 0",
+    )
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,29 @@ class ServeSettings:
     query_via_server: bool = _opt(True, "`imgsearch query` asks a running `serve` (warm model, no start-up cost)")
 
 
+def _store_url(value: str) -> str | None:
+    if not value or value.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        return None
+    return "be empty (SQLite in the home folder) or a postgresql://user@host/database URL"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = _opt(
+        "",
+        "empty: SQLite in the home folder; postgresql://user[:password]@host[:port]/database: a shared PostgreSQL "
+        "with pgvector (vectors searched there, no FAISS file; several machines may index into it)",
+        check=_store_url,
+    )
+    ef_search: int = _opt(
+        100,
+        "PostgreSQL: HNSW candidates examined per query, 1 to 1000 (more: better recall, slower)",
+        check=lambda v: None if 1 <= v <= 1000 else "be between 1 and 1000",
+    )
+
+
 SECTIONS: dict[str, type] = {
+    "store": StoreSettings,
     "model": ModelSettings,
     "index": IndexSettings,
     "search": SearchSettings,
@@ -198,6 +230,7 @@ class Settings:
     """The effective settings, and where each value came from (`sources["model.name"]`)."""
 
     home: Path
+    store: StoreSettings = field(default_factory=StoreSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     search: SearchSettings = field(default_factory=SearchSettings)

@@ -10,6 +10,7 @@
      ├── BusyError                 another process is writing to the same home
      ├── WatchError                the filesystem cannot be watched (inotify limits)
      ├── InterruptedRun            an index run was stopped part-way (what was committed stays)
+     ├── ClusterError              the Ray cluster of `index --ray` cannot be reached or failed the run
      ├── XmpError                  an XMP sidecar cannot be read or written (reported per file by export)
      └── StoreError                the database cannot be used
           └── SchemaTooNewError    the database was written by a newer imgsearch
@@ -60,6 +61,10 @@ class WatchError(ImgSearchError):
 
 class InterruptedRun(ImgSearchError):
     exit_code = 130
+
+
+class ClusterError(ImgSearchError):
+    """`index --ray`: Ray is missing, its cluster cannot be reached, or the cluster failed the run."""
 
 
 class XmpError(ImgSearchError):

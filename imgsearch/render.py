@@ -9,12 +9,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from imgsearch.types import (
+    EmbeddingExportReport,
+    EmbeddingImportReport,
     ExportReport,
     GenerationResult,
     Hit,
     IndexReport,
     LabelResult,
     MatchVerdict,
+    MigrateReport,
     Skipped,
     Status,
     TagCount,
@@ -84,6 +87,33 @@ def export_report(r: ExportReport, max_failed: int = 20) -> str:
     return "\n".join(lines)
 
 
+def embedding_export(r: EmbeddingExportReport) -> str:
+    shards = f"{r.shards} shard{'' if r.shards == 1 else 's'}"
+    again = ", replacing the earlier export" if r.replaced else ""
+    return (
+        f"exported {r.images} vectors of {r.model_id} ({r.dim} dimensions) to {r.folder} "
+        f"as {r.format}: {shards}{again} ({r.seconds:.1f} s)"
+    )
+
+
+def embedding_import(r: EmbeddingImportReport, max_listed: int = 20) -> str:
+    lines = [
+        f"imported {r.imported} of {r.rows} vectors from {r.source}: {r.unchanged} already indexed, "
+        f"{r.changed} changed since, {r.missing} files missing, {len(r.skipped)} skipped ({r.seconds:.1f} s)"
+    ]
+    if not r.model_checked:
+        lines.append(f"  the source does not name its model: its {r.dim}-dimension vectors were taken for {r.model_id}")
+    lines += [f"  missing {_one_line(path)}" for path in r.missing_paths[:max_listed]]
+    if r.missing > min(max_listed, len(r.missing_paths)):
+        lines.append(f"  ... and {r.missing - min(max_listed, len(r.missing_paths))} more missing")
+    lines += [f"  skipped {_one_line(s.path)}: {s.reason}" for s in r.skipped[:max_listed]]
+    if len(r.skipped) > max_listed:
+        lines.append(f"  ... and {len(r.skipped) - max_listed} more skipped")
+    if r.changed:
+        lines.append("  files changed since they were embedded: `imgsearch index` their folders to embed them")
+    return "\n".join(lines)
+
+
 def labels(results: Sequence[LabelResult]) -> str:
     blocks = []
     for r in results:
@@ -124,9 +154,14 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
+def migrated(r: MigrateReport) -> str:
+    return f"copied {r.images} images from {r.source} to {r.target} in {r.seconds:.1f} s; to use it, set {r.use}"
+
+
 def status(s: Status) -> str:
     rows = [
         ("home", s.home),
+        ("database", s.database),
         ("images", str(s.images)),
         ("skipped files", str(s.skipped)),
         ("model", s.model_id or "-"),
@@ -136,8 +171,9 @@ def status(s: Status) -> str:
         ("vector index size", _bytes(s.index_bytes)),
         ("last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated_at)) if s.updated_at else "never"),
         ("folders", ", ".join(s.roots) or "-"),
-        ("sqlite", s.sqlite_version),
     ]
+    if s.sqlite_version:
+        rows.append(("sqlite", s.sqlite_version))
     return table(rows)
 
 

@@ -120,6 +120,18 @@ class Status:
     updated_at: float | None
     roots: tuple[str, ...]
     sqlite_version: str = ""  # the SQLite library in use (below 3.51.3: WAL-reset bug, harmless with one writer)
+    database: str = ""  # where metadata and vectors live: the SQLite file, or the PostgreSQL URL (no password)
+
+
+@dataclass(frozen=True)
+class MigrateReport:
+    """`imgsearch migrate`: what was copied where, and the setting that makes the copy the one in use."""
+
+    source: str
+    target: str
+    images: int
+    seconds: float
+    use: str  # e.g. "store.url=postgresql://..." or "store.url= (empty: SQLite in the home folder)"
 
 
 @dataclass(frozen=True)
@@ -198,3 +210,42 @@ class MatchVerdict:
     margin: float
     path: str | None  # the hit the evidence is about
     rival: str | None  # the contrasting prompt that scored highest on it
+
+
+@dataclass(frozen=True)
+class EmbeddingExportReport:
+    """`imgsearch export`: the folder written, in which format, and what it holds."""
+
+    folder: str
+    format: str
+    model_id: str
+    dim: int
+    images: int
+    shards: int
+    replaced: bool  # the folder held an earlier export, whose shards this one replaced
+    seconds: float
+
+
+@dataclass
+class EmbeddingImportReport:
+    """`imgsearch import`: what became of the source's rows.
+
+    imported: added (or replacing an older row of the same path); unchanged: that path was indexed
+    already with the same content; changed: the file is not what the export embedded (left for `index`);
+    missing: no such file here (the first MAX_LISTED of them in missing_paths); skipped: unreadable.
+    model_checked: the source named its model (our sidecar); without one, only the dimension was checked.
+    """
+
+    source: str
+    model_id: str
+    model_checked: bool
+    dim: int
+    shards: int = 0
+    rows: int = 0
+    imported: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    missing: int = 0
+    missing_paths: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0

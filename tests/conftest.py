@@ -18,7 +18,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest
 
 from imgsearch import Library, load_settings
-from tests import tinyclip
+from tests import pgserver, tinyclip
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -31,7 +31,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("IMGSEARCH_HOME", str(path))
     return path
@@ -66,8 +66,40 @@ def tiny_embedder(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPa
     return load_embedder(load_settings(tmp_path_factory.mktemp("h"), overrides=tiny_overrides(tiny), environ={}))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_stores: run with SQLite and again with PostgreSQL (store.url)")
+    config.addinivalue_line("markers", "faiss_file: about the FAISS file, which only SQLite homes have")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker
+    if marked("both_stores") and not marked("faiss_file") and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pgserver.PgServer]:
+    """One throwaway PostgreSQL server with pgvector for the whole run, started on first use."""
+    server = pgserver.PgServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def lib(home: Path, tiny: tinyclip.TinyCheckpoint, tiny_embedder) -> Iterator[Library]:  # type: ignore[no-untyped-def]
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the test's library stores metadata and vectors: SQLite in the home (the default), or a fresh
+    PostgreSQL database for tests marked both_stores (set in the environment too, for CLI subprocesses)."""
+    name = getattr(request, "param", "sqlite")
+    if name == "postgresql":
+        url = request.getfixturevalue("postgres").new_database()
+        monkeypatch.setenv("IMGSEARCH_STORE__URL", url)
+    return str(name)
+
+
+@pytest.fixture
+def lib(home: Path, tiny: tinyclip.TinyCheckpoint, tiny_embedder, backend: str) -> Iterator[Library]:  # type: ignore[no-untyped-def]
     library = Library(load_settings(home, overrides=tiny_overrides(tiny)), embedder=tiny_embedder)
     yield library
     library.close()

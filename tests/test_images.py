@@ -328,3 +328,22 @@ def test_16bit_photos_embed_like_their_8bit_copies(model: str, request: pytest.F
     print(f"\n{model}: {cosines}; clipped: {clipped:.4f}")
     assert min(cosines.values()) >= 0.999, cosines
     assert clipped < 0.99, "the model would not notice clipping: this test would prove nothing"
+
+
+def test_the_recorded_size_is_the_pictures_own_not_the_reduced_one(lib: Library, tmp_path: Path) -> None:
+    """Decoding is reduced for the model, but the index records the size a viewer shows: EXIF turns included."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    picture = photo().resize((1600, 1200))
+    picture.save(folder / "landscape.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned a quarter: 1200 wide, 1600 high
+    picture.save(folder / "turned.jpg", quality=90, exif=exif)
+    picture.save(folder / "large.png")
+    lib.index([folder])
+    sizes = {}
+    for image_id, path in lib.store.paths_of(lib.store.all_vectors()[0].tolist()).items():
+        info = lib.image_info(image_id)
+        sizes[Path(path).name] = (info.width, info.height)
+    assert decode((folder / "landscape.jpg").read_bytes(), LIMIT, 32).size != (1600, 1200), "it was reduced"
+    assert sizes == {"landscape.jpg": (1600, 1200), "turned.jpg": (1200, 1600), "large.png": (1600, 1200)}

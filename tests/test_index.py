@@ -18,8 +18,14 @@ from imgsearch.types import Progress
 from tests import tinyclip
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.both_stores
+
 
 def faiss_ids(lib: Library) -> set[int]:
+    """The ids the vector search can find: all of the FAISS file's, or (PostgreSQL) pgvector's."""
+    if lib.store.postgres:
+        dim = lib.store.model()[1]
+        return {i for i, _, _ in lib.store.nearest(np.ones(dim or 1, np.float32), 10**6, include_generated=True)}
     loaded = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
     assert not loaded.rebuilt, "the index run should leave a current FAISS file behind"
     _, ids = loaded.index.search(np.ones(loaded.index.dim, np.float32), len(loaded.index))
@@ -154,6 +160,7 @@ def test_second_writer_is_refused(lib: Library, shapes, home: Path, tiny) -> Non
         other.index([folder])
 
 
+@pytest.mark.faiss_file
 def test_deleted_faiss_file_is_rebuilt_for_queries(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
     folder, _ = shapes
     lib.index([folder])
@@ -238,6 +245,7 @@ def test_stop_event_ends_the_run_after_the_batch_in_flight(lib: Library, shapes)
     assert lib.index([folder]).embedded == len(labels) - committed
 
 
+@pytest.mark.faiss_file
 def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
     """A query that rebuilt the vector cache holds the writer lock while it saves; `index` then waits, briefly."""
     import threading
@@ -267,6 +275,7 @@ def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Lib
         pass
 
 
+@pytest.mark.faiss_file
 def test_serve_answers_from_an_index_that_fell_behind_while_it_rebuilds_it(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
     """A writer killed before its save leaves the file behind the database. A long-running process answers at
     once from the file plus the images added since (searched exactly), and rebuilds the file in a thread."""

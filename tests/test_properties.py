@@ -171,6 +171,8 @@ BOUNDED = {
     "serve.page_size": (1, 2**62),
     "serve.thumbnail_size": (16, 2**62),
     "serve.max_upload_mb": (0.001, 1e300),
+    "index.ray_cpus_per_actor": (0.001, 1e300),
+    "store.ef_search": (1, 1000),
 }
 
 
@@ -184,6 +186,8 @@ def valid_values(key: str) -> st.SearchStrategy[Any]:
         return st.lists(st.tuples(words, words).map(lambda p: f"{p[0]} {{}} {p[1]}"), min_size=1, max_size=3)
     if key == "tagging.min_probability":
         return st.floats(0, 1)
+    if key == "store.url":
+        return st.just("") | words.map(lambda name: f"postgresql://{name}@localhost/{name}")
     if key in BOUNDED:
         low, high = BOUNDED[key]
         return st.integers(low, high) if kind is int else st.floats(low, high)

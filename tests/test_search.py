@@ -12,6 +12,8 @@ from imgsearch.errors import IndexEmptyError, UsageError
 from imgsearch.search.query import parse
 from imgsearch.types import QueryTerm
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def indexed(lib: Library, shapes) -> tuple[Library, Path, dict[str, str]]:  # type: ignore[no-untyped-def]

@@ -14,6 +14,8 @@ from imgsearch.search import labels as lb
 from tests import tinyclip
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.both_stores
+
 CONCEPTS = "red\ngreen\nblue\nyellow\ncircle\nsquare\ntriangle\n"
 
 

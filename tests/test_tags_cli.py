@@ -16,6 +16,8 @@ from imgsearch.cli import cli
 from tests.conftest import tiny_env
 from tests.test_tags import CONCEPTS, colour_and_shape
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def runner(home: Path, tiny, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:  # type: ignore[no-untyped-def]

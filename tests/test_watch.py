@@ -16,6 +16,8 @@ from imgsearch import IndexReport, Library, load_settings
 from tests import tinyclip
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.both_stores
+
 
 class Running:
     def __init__(self, lib: Library, folder: Path):

@@ -345,8 +345,16 @@ def open_session(path: Path, spin: bool = True) -> Any:
 
 
 def _threads() -> int:
-    """Every CPU this process may use; 0 (onnxruntime's choice: one per physical core) when that is all of them."""
+    """Every CPU this process may use; 0 (onnxruntime's choice: one per physical core) when that is all of them.
+
+    OMP_NUM_THREADS caps it, as it caps PyTorch: Ray sets it to an actor's CPUs, so that several embedding
+    actors on one machine (`index --ray`) do not each run a thread per core (two actors on 2 cores, ViT-B-32:
+    9.9 -> 16.5 images/s once both are busy).
+    """
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if cap.isdigit() and 0 < int(cap) < usable:
+        return int(cap)
     return usable if usable < (os.cpu_count() or usable) else 0
 
 

@@ -81,6 +81,11 @@ def decode(data: bytes, max_pixels: int, draft_side: int = 0) -> Image.Image:
     With `draft_side` (the model's input size), a large image comes back reduced, its shorter side no
     less than twice that (JPEG) or REDUCED_SIDE times that (other formats).
     """
+    return decode_sized(data, max_pixels, draft_side)[0]
+
+
+def decode_sized(data: bytes, max_pixels: int, draft_side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """decode, and the picture's own (width, height) upright: what the file holds, not the reduced size."""
     if not data:
         raise ImageDecodeError("empty file")
     register_heif()
@@ -92,7 +97,7 @@ def decode(data: bytes, max_pixels: int, draft_side: int = 0) -> Image.Image:
         raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
 
 
-def _decode(data: bytes, max_pixels: int, draft_side: int) -> Image.Image:
+def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -103,8 +108,11 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> Image.Image:
             raise ImageDecodeError(f"decompression bomb (over {max_pixels} pixels)") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageDecodeError(f"corrupt or truncated image (unreadable header: {_short(exc)})") from None
+        width, height = opened.size
         image = _load(opened, max_pixels, draft_side)
-        return _to_rgb(_reduce(_crop_aspect(image), draft_side))
+        turned = (image.width > image.height) != (width > height) and image.width != image.height
+        size = (height, width) if turned else (width, height)  # EXIF said the picture stands on its side
+        return _to_rgb(_reduce(_crop_aspect(image), draft_side)), size
 
 
 def _unidentified(data: bytes) -> str:

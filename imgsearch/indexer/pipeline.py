@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import Connection
@@ -32,6 +33,15 @@ from imgsearch.store.vectors import FaissIndex
 from imgsearch.types import IndexReport, Progress, Skipped, printable
 
 OnProgress = Callable[[Progress], None]
+Todo = tuple[FileEntry, StoredImage | None]
+
+
+class ReadStage(Protocol):
+    def run(self, items: Iterable[Todo]) -> Iterator[list[Read]]: ...
+
+
+# (lazy embedder, settings, lookup by content hash) -> the reader stage: Reader, or Ray's (indexer/distributed.py)
+MakeReader = Callable[["LazyEmbedder", IndexSettings, Callable[[str], list[StoredImage]]], ReadStage]
 
 
 @dataclass
@@ -48,7 +58,11 @@ class Plan:
 
 @dataclass
 class Read:
-    """One file after the reader stage. Exactly one of pixels / duplicates / touched / error / gone applies."""
+    """One file after the reader stage. Exactly one of pixels / vector / duplicates / touched / error / gone applies.
+
+    New content comes as pixels (the writer embeds them) or, from a reader that embeds too (Ray actors), as a
+    vector and the id of the model that made it.
+    """
 
     entry: FileEntry
     old: StoredImage | None
@@ -61,6 +75,13 @@ class Read:
     error: str | None = None
     gone: bool = False
     generated: bool = False  # a PNG with imgsearch's provenance chunks
+    vector: np.ndarray | None = None
+    model_id: str = ""
+
+    @property
+    def fresh(self) -> bool:
+        """New content: to be embedded, or embedded already."""
+        return self.pixels is not None or self.vector is not None
 
 
 def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progress: OnProgress) -> Plan:
@@ -154,12 +175,12 @@ class Reader:
         try:
             embedder = self.embedder.get()
             draft = embedder.input_size if self.settings.jpeg_draft else 0
-            image = images.decode(data, self.settings.max_pixels, draft)
+            image, (width, height) = images.decode_sized(data, self.settings.max_pixels, draft)
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
             return Read(entry, old, digest, error=str(exc))
         generated = images.is_generated(data)
-        return Read(entry, old, digest, pixels=pixels, width=image.width, height=image.height, generated=generated)
+        return Read(entry, old, digest, pixels=pixels, width=width, height=height, generated=generated)
 
     def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
         """Everything finished since the last call (waiting for at least one), with at most
@@ -208,10 +229,10 @@ class Writer:
         self.embedded_hashes: set[str] = set()
 
     def accept(self, r: Read) -> None:
-        if r.pixels is not None and r.content_hash in self.embedded_hashes:
+        if r.fresh and r.content_hash in self.embedded_hashes:
             # Its twin was embedded and committed after this file's reader looked: copy, don't embed again.
-            r.duplicates, r.pixels = self.store.find_by_hash(r.content_hash), None
-        if r.pixels is None:
+            r.duplicates, r.pixels, r.vector = self.store.find_by_hash(r.content_hash), None, None
+        if not r.fresh:
             self.deferred.append(r)
         elif r.content_hash in self.followers:
             self.followers[r.content_hash].append(r)
@@ -227,14 +248,12 @@ class Writer:
         if not (self.batch or self.deferred):
             return
         batch, self.batch = self.batch[:batch_size], self.batch[batch_size:]
-        embedder = self.embedder.get() if batch else None
-        pixels = [r.pixels for r in batch if r.pixels is not None]
-        vectors = embedder.embed_prepared(np.stack(pixels)) if embedder else np.zeros(0)
+        vectors = self._embed(batch)
         removed: list[int] = []
         added: list[tuple[int, np.ndarray]] = []
         with self.store.write() as conn:
-            if embedder is not None:
-                self.store.claim_model(conn, embedder.model_id, embedder.dim)
+            for model_id in sorted({r.model_id for r in batch}):
+                self.store.claim_model(conn, model_id, vectors.shape[1])
             for i, r in enumerate(batch):
                 self.report.embedded += 1
                 added.append((self._upsert(conn, r, _new_image(r, vectors[i]), removed), vectors[i]))
@@ -248,6 +267,16 @@ class Writer:
             self.deferred = []
             self.generation = self.store.bump_generation(conn)
         self._apply(removed, added)
+
+    def _embed(self, batch: list[Read]) -> np.ndarray:
+        """The batch's vectors: embedded here from pixels, or as the reader brought them."""
+        here = [r for r in batch if r.vector is None]
+        if here:
+            embedder = self.embedder.get()
+            vectors = embedder.embed_prepared(np.stack([r.pixels for r in here if r.pixels is not None]))
+            for r, vector in zip(here, vectors, strict=True):
+                r.vector, r.model_id = vector, embedder.model_id
+        return np.stack([r.vector for r in batch if r.vector is not None]) if batch else np.zeros(0)
 
     def finish(self, batch_size: int) -> None:
         """Flush the rest and remove what is gone from disk."""
@@ -346,10 +375,12 @@ def run(
     index_path: Path,
     on_progress: OnProgress = lambda p: None,
     stop: threading.Event | None = None,
+    make_reader: MakeReader | None = None,
 ) -> IndexReport:
     """Bring the index in line with the files under roots. The caller holds the writer lock.
 
     Setting `stop` ends the run after the batch in flight, which is committed, and saves the index.
+    `make_reader` replaces the reader stage (default: Reader, threads in this process).
     """
     started = time.monotonic()
     report = IndexReport()
@@ -358,10 +389,11 @@ def run(
     report.known_bad = len(work.known_bad)
     report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)
     # Read in full, not mapped: the writer changes its copy. Queries meanwhile use the file as it is.
-    loaded = sync.from_file(store, index_path, search, mapped=False) if store.count() else None
+    # PostgreSQL searches its own vectors: no FAISS file to keep.
+    loaded = sync.from_file(store, index_path, search, mapped=False) if store.count() and not store.postgres else None
     lazy = LazyEmbedder(embedder)
     writer = Writer(store, sync.caught_up(loaded) if loaded else None, lazy, work, report)
-    reader = Reader(lazy, settings, store.find_by_hash)
+    reader = (make_reader or Reader)(lazy, settings, store.find_by_hash)
     total = len(work.todo)
     done = 0
     try:
@@ -398,6 +430,8 @@ def _save(
     Nothing is written when the file on disk is already that index: `loaded` from it, verified, and
     nothing committed since (a run with nothing to do rewrites no file).
     """
+    if store.postgres:
+        return
     on_progress(Progress("save", 0, 1))
     count = store.count()
     if count == 0:

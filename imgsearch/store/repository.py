@@ -1,8 +1,11 @@
-"""All SQL lives here. SQLite in WAL mode; writes in BEGIN IMMEDIATE transactions; schema by Alembic.
+"""All SQL lives here. SQLite in WAL mode (writes in BEGIN IMMEDIATE transactions) or PostgreSQL with
+pgvector (writes serialised on an advisory lock, so that index/watch processes on several machines can
+share one database); schema by Alembic, the same revisions for both.
 
-The database is the source of truth for vectors (float32 blobs) and records which model made them.
-A `generation` counter in `meta` goes up with every change to the set of vectors, so the FAISS
-cache can tell whether it is current.
+The database is the source of truth for vectors (float32 blobs; pgvector `vector`s in PostgreSQL) and
+records which model made them. A `generation` counter in `meta` goes up with every change to the set
+of vectors, so the FAISS cache can tell whether it is current. PostgreSQL searches its vectors itself
+(an HNSW index, filters in the same statement): no FAISS file.
 """
 
 from __future__ import annotations
@@ -17,11 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Connection, Engine, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Float,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
-from imgsearch.errors import ModelMismatchError, SchemaTooNewError, StoreError
+from imgsearch.errors import ConfigError, ModelMismatchError, SchemaTooNewError, StoreError
+from imgsearch.store.coltypes import POSTGRES, Embedding, insert_into
 from imgsearch.store.schema import image_tags, images, meta, roots, skipped
 from imgsearch.types import ImageInfo, Skipped
 
@@ -29,6 +46,9 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two equal). A database already there opens
 # without importing Alembic at all, which is a fifth of a second of every cold query.
 HEAD = "0004"
+# pg_advisory_xact_lock key of imgsearch's write transactions in PostgreSQL ("imgs" in ASCII).
+WRITE_LOCK = 0x696D6773
+TagFilter = ColumnElement[bool]  # made by tags.with_all
 
 
 @dataclass(frozen=True)
@@ -69,18 +89,23 @@ def under(column: ColumnElement[str], root: str) -> ColumnElement[bool]:
 
 
 class Store:
-    """The SQLite database of one imgsearch home."""
+    """The database of one imgsearch home: a SQLite file, or a PostgreSQL database given by URL (store.url)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, location: Path | str):
         self._held = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = _engine(path)
+        if isinstance(location, str):
+            self.path: Path | None = None
+            self.engine, self.name = _postgres_engine(location)
+        else:
+            self.path, self.name = location, str(location)
+            location.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _engine(location)
+        self.postgres = self.engine.dialect.name == POSTGRES
         try:
-            _migrate(self.engine, path)
+            _migrate(self.engine, self.name)
         except DatabaseError as exc:
             self.engine.dispose()
-            raise StoreError(f"cannot open the database {path}: {exc.orig}") from None
+            raise StoreError(f"cannot open the database {self.name}: {_first_line(exc.orig)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -95,7 +120,19 @@ class Store:
         process at a time ever writes or checkpoints: SQLite before 3.51.3 has a WAL-reset race
         between concurrent writers of different processes (`tag add` runs beside `watch`).
         A full disk or a failing commit is a StoreError, not a traceback.
+
+        In PostgreSQL, write transactions of every process on every machine are serialised on an advisory
+        lock instead: a writer decides from what it reads inside its transaction (is this path indexed?),
+        so two writers can never both insert one file or undo each other's change. Readers never wait.
         """
+        if self.postgres:
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    conn.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK)))
+                    yield conn
+            except OperationalError as exc:
+                raise StoreError(f"cannot write the database {self.name}: {_first_line(exc.orig)}") from None
+            return
         with self._write_lock():
             try:
                 with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
@@ -108,6 +145,7 @@ class Store:
         if getattr(self._held, "value", False):  # a write nested in this thread's own write: already ours
             yield
             return
+        assert self.path is not None
         with open(self.path.with_name(self.path.name + ".write-lock"), "a") as f:
             deadline = time.monotonic() + 60
             while True:
@@ -127,8 +165,13 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+    def read(self, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction. SQLite's (WAL) always sees one moment; PostgreSQL's only with snapshot=True
+        (REPEATABLE READ), which a long read that must be consistent asks for."""
+        conn = self.engine.connect()
+        if snapshot and self.postgres:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn, conn.begin():
             yield conn
 
     # meta
@@ -140,7 +183,7 @@ class Store:
         return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, conn: Connection, key: str, value: str) -> None:
-        stmt = sqlite_insert(meta).values(key=key, value=value)
+        stmt = insert_into(conn, meta).values(key=key, value=value)
         conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": value}))
 
     def generation(self, conn: Connection | None = None) -> int:
@@ -162,8 +205,17 @@ class Store:
         if current is None or self.count(conn) == 0:
             self.set_meta(conn, "model_id", model_id)
             self.set_meta(conn, "dim", str(dim))
+            if self.postgres:
+                _fit_vector_column(conn, dim)
         elif current != model_id or current_dim != dim:
             raise mismatch(current, model_id)
+
+    def sizes(self) -> tuple[int, int]:
+        """PostgreSQL: bytes of the whole database and of the vector index (what `status` shows)."""
+        with self.read() as conn:
+            total = conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one()
+            index = conn.exec_driver_sql("SELECT pg_relation_size(to_regclass('ix_images_vector'))").scalar()
+        return int(total), int(index or 0)
 
     # images
 
@@ -192,6 +244,11 @@ class Store:
         return np.frombuffer(row.vector, dtype="<f4").copy(), int(row.width), int(row.height)
 
     def insert_image(self, conn: Connection, new: NewImage) -> int:
+        """A new row for a file. Should the path be indexed already (another writer of a shared PostgreSQL
+        database got there first), that row is replaced instead: one row per file, whoever wrote it."""
+        existing = conn.execute(select(images.c.id).where(images.c.path == new.path)).scalar_one_or_none()
+        if existing is not None:
+            return self.replace_image(conn, existing, new)
         values = _row_values(new)
         return int(conn.execute(insert(images).values(**values).returning(images.c.id)).scalar_one())
 
@@ -204,8 +261,16 @@ class Store:
         return self.insert_image(conn, new)
 
     def move_image(self, conn: Connection, image_id: int, path: str, size: int, mtime_ns: int) -> None:
-        """Same content under a new path (or touched in place): the row, its id and its tags follow."""
-        old = conn.execute(select(images.c.path).where(images.c.id == image_id)).scalar_one()
+        """Same content under a new path (or touched in place): the row, its id and its tags follow.
+
+        A row another writer removed meanwhile is left gone; a row another writer made at the new
+        path gives way (both hold the same content).
+        """
+        old = conn.execute(select(images.c.path).where(images.c.id == image_id)).scalar_one_or_none()
+        if old is None:
+            return
+        if old != path:
+            conn.execute(delete(images).where((images.c.path == path) & (images.c.id != image_id)))
         stmt = update(images).where(images.c.id == image_id).values(path=path, size=size, mtime_ns=mtime_ns)
         conn.execute(stmt)
         if old != path:
@@ -238,6 +303,47 @@ class Store:
 
     def max_id(self, conn: Connection) -> int:
         return int(conn.execute(select(func.max(images.c.id))).scalar() or 0)
+
+    def nearest(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        root: str | None = None,
+        tagged: TagFilter | None = None,
+        include_generated: bool = False,
+        ef_search: int = 100,
+    ) -> list[tuple[int, str, float]]:
+        """(id, path, cosine similarity) of the k nearest images, best first, in one statement with its filters
+        (PostgreSQL: pgvector's HNSW index, scanned iteratively until k rows pass the filters)."""
+        query = bindparam("q", np.ascontiguousarray(vector, dtype="<f4").tobytes(), type_=Embedding())
+        distance = images.c.vector.op("<=>", return_type=Float())(query)
+        stmt = select(images.c.id, images.c.path, distance).order_by(distance).limit(k)
+        if root is not None:
+            stmt = stmt.where(under(images.c.path, root))
+        if tagged is not None:
+            stmt = stmt.where(tagged)
+        if not include_generated:
+            stmt = stmt.where(~images.c.generated)
+        with self.read() as conn:
+            conn.execute(select(func.set_config("hnsw.ef_search", str(min(max(ef_search, k), 1000)), True)))
+            # Relaxed order finds more rows under a filter; the few swaps it allows are sorted out below.
+            conn.execute(select(func.set_config("hnsw.iterative_scan", "relaxed_order", True)))
+            rows = conn.execute(stmt).all()
+        return sorted(((int(i), p, 1.0 - float(d)) for i, p, d in rows), key=lambda r: -r[2])
+
+    def prepare_bulk_load(self, conn: Connection, dim: int) -> None:
+        """Before many rows go in at once (migrate): PostgreSQL builds its HNSW index after them, not per row."""
+        if self.postgres:
+            _fit_vector_column(conn, dim)
+            conn.exec_driver_sql("DROP INDEX IF EXISTS ix_images_vector")
+
+    def finish_bulk_load(self, conn: Connection) -> None:
+        """After rows went in with their ids: the index again, and new ids continue after the largest."""
+        if self.postgres:
+            conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")  # the graph built in memory
+            _create_vector_index(conn)
+            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('images', 'id'), max(id)) FROM images")
 
     def image_info(self, image_id: int) -> ImageInfo | None:
         """The row of one image (without tags), or None when no image has that id."""
@@ -293,7 +399,7 @@ class Store:
 
     def record_skipped(self, conn: Connection, path: str, size: int, mtime_ns: int, reason: str) -> None:
         values = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason, "seen_at": time.time()}
-        stmt = sqlite_insert(skipped).values(**values)
+        stmt = insert_into(conn, skipped).values(**values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[skipped.c.path], set_=values))
 
     def forget_skipped(self, conn: Connection, paths: Iterable[str]) -> None:
@@ -313,7 +419,7 @@ class Store:
 
     def add_roots(self, conn: Connection, paths: Iterable[str]) -> None:
         for p in paths:
-            stmt = sqlite_insert(roots).values(path=p, added_at=time.time()).on_conflict_do_nothing()
+            stmt = insert_into(conn, roots).values(path=p, added_at=time.time()).on_conflict_do_nothing()
             conn.execute(stmt)
 
     def roots(self) -> list[str]:
@@ -363,6 +469,48 @@ def _revision(engine: Engine) -> str | None:
         return None
 
 
+def _first_line(error: object) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _postgres_engine(url: str) -> tuple[Engine, str]:
+    """An engine for a postgresql:// URL (driver psycopg 3), and the URL to name in messages (no password)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"store.url must be empty or a postgresql://user@host/database URL, not {url!r}") from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(f"store.url must be empty or a postgresql://user@host/database URL, not {url!r}")
+    name = parsed.render_as_string(hide_password=True)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"store.url {name}: PostgreSQL needs psycopg: pip install 'imgsearch[postgres]'") from None
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    # A server that does not answer fails in seconds, not after the kernel's minutes-long TCP timeout.
+    engine = create_engine(parsed, connect_args={"connect_timeout": 10}, pool_size=8, max_overflow=32)
+    return engine, name
+
+
+def _fit_vector_column(conn: Connection, dim: int) -> None:
+    """Give the (empty) vector column the model's dimension and an HNSW index for cosine distance.
+
+    pgvector indexes only columns of a fixed dimension, which is known once the first model writes.
+    """
+    current = conn.exec_driver_sql(
+        "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'images'::regclass AND attname = 'vector'"
+    ).scalar()
+    if current == dim:
+        return
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_images_vector")
+    conn.exec_driver_sql(f"ALTER TABLE images ALTER COLUMN vector TYPE vector({int(dim)})")
+    _create_vector_index(conn)
+
+
+def _create_vector_index(conn: Connection) -> None:
+    conn.exec_driver_sql("CREATE INDEX ix_images_vector ON images USING hnsw (vector vector_cosine_ops)")
+
+
 def _engine(path: Path) -> Engine:
     # Reader threads look up content hashes concurrently: one pooled connection each.
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60}, pool_size=8, max_overflow=32)
@@ -384,7 +532,7 @@ def _engine(path: Path) -> Engine:
     return engine
 
 
-def _migrate(engine: Engine, path: Path) -> None:
+def _migrate(engine: Engine, name: str) -> None:
     """Bring the schema to head; refuse a database written by a newer imgsearch."""
     if _revision(engine) == HEAD:
         return
@@ -402,11 +550,13 @@ def _migrate(engine: Engine, path: Path) -> None:
         return
     if current is not None and current not in {s.revision for s in script.walk_revisions()}:
         raise SchemaTooNewError(
-            f"the database {path} was written by a newer imgsearch (schema {current}): upgrade imgsearch"
+            f"the database {name} was written by a newer imgsearch (schema {current}): upgrade imgsearch"
         )
     try:
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+            if engine.dialect.name == POSTGRES:  # processes starting at once on a new database upgrade it once
+                conn.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK)))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except OperationalError as exc:
-        raise StoreError(f"cannot upgrade the database {path}: {exc.orig}") from None
+        raise StoreError(f"cannot upgrade the database {name}: {_first_line(exc.orig)}") from None

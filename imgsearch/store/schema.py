@@ -1,4 +1,7 @@
-"""The database schema. Changed only together with a new Alembic revision in imgsearch/migrations."""
+"""The database schema. Changed only together with a new Alembic revision in imgsearch/migrations.
+
+The same tables serve SQLite and PostgreSQL; the column types that must differ are in coltypes.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from sqlalchemy import (
     false,
 )
 
+from imgsearch.store.coltypes import BigInt, Embedding, Label, PathText
+
 metadata = MetaData()
 
 images = Table(
@@ -24,13 +29,13 @@ images = Table(
     metadata,
     # AUTOINCREMENT: ids are never reused, so a stale FAISS file can never point at the wrong image.
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("path", Text, nullable=False, unique=True),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
+    Column("path", PathText, nullable=False, unique=True),
+    Column("size", BigInt, nullable=False),
+    Column("mtime_ns", BigInt, nullable=False),
     Column("content_hash", String(32), nullable=False, index=True),
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
-    Column("vector", LargeBinary, nullable=False),
+    Column("vector", Embedding, nullable=False),
     Column("indexed_at", Float, nullable=False),
     # What the image was last auto-tagged against (see search.labels.rule_key); NULL: not yet, or content changed.
     Column("tags_key", String(32), nullable=True),
@@ -44,9 +49,9 @@ images = Table(
 skipped = Table(
     "skipped",
     metadata,
-    Column("path", Text, primary_key=True),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
+    Column("path", PathText, primary_key=True),
+    Column("size", BigInt, nullable=False),
+    Column("mtime_ns", BigInt, nullable=False),
     Column("reason", Text, nullable=False),
     Column("seen_at", Float, nullable=False),
 )
@@ -54,7 +59,7 @@ skipped = Table(
 roots = Table(
     "roots",
     metadata,
-    Column("path", Text, primary_key=True),
+    Column("path", PathText, primary_key=True),
     Column("added_at", Float, nullable=False),
 )
 
@@ -71,8 +76,8 @@ meta = Table(
 image_tags = Table(
     "image_tags",
     metadata,
-    Column("path", Text, nullable=False),
-    Column("label", Text(collation="NOCASE"), nullable=False),
+    Column("path", PathText, nullable=False),
+    Column("label", Label, nullable=False),
     Column("source", String(8), nullable=False),
     Column("score", Float, nullable=True),  # cosine similarity of image and label (auto tags)
     Column("probability", Float, nullable=True),  # the label's probability among the vocabulary (auto tags)

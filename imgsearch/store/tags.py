@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Connection, and_, case, delete, func, or_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, or_, select, true, update
 
+from imgsearch.store.coltypes import insert_into
 from imgsearch.store.repository import chunks, under
 from imgsearch.store.schema import image_tags, images, text_vectors
 from imgsearch.types import TagRecord
@@ -48,7 +48,7 @@ def cache_text_vectors(conn: Connection, model_id: str, vectors: Mapping[str, np
         for t, v in vectors.items()
     ]
     if rows:
-        conn.execute(sqlite_insert(text_vectors).on_conflict_do_nothing(), rows)
+        conn.execute(insert_into(conn, text_vectors).on_conflict_do_nothing(), rows)
 
 
 # the auto-tagger
@@ -103,7 +103,7 @@ def replace_auto_tags(conn: Connection, path: str, add: Sequence[AutoTag], remov
             }
             for t in add
         ]
-        stmt = sqlite_insert(image_tags)
+        stmt = insert_into(conn, image_tags)
         refresh = {"score": stmt.excluded.score, "probability": stmt.excluded.probability, "label": stmt.excluded.label}
         conn.execute(
             stmt.on_conflict_do_update(
@@ -144,7 +144,7 @@ def set_hand_tag(conn: Connection, paths: Sequence[str], label: str, present: bo
 
 def _upsert_hand(conn: Connection, path: str, label: str, source: str, now: float) -> None:
     values = {"path": path, "label": label, "source": source, "score": None, "probability": None, "tagged_at": now}
-    stmt = sqlite_insert(image_tags).values(**values)
+    stmt = insert_into(conn, image_tags).values(**values)
     update_values = {"source": source, "score": None, "probability": None, "tagged_at": now, "label": label}
     conn.execute(stmt.on_conflict_do_update(index_elements=[image_tags.c.path, image_tags.c.label], set_=update_values))
 
@@ -166,12 +166,18 @@ def counts(conn: Connection) -> list[tuple[str, int, int]]:
     return [(label, int(a), int(h)) for label, a, h in conn.execute(stmt)]
 
 
-def ids_with_all(conn: Connection, labels: Sequence[str], root: str | None) -> np.ndarray:
-    """Ids of indexed images carrying every one of `labels` (by hand or automatically)."""
-    stmt = select(images.c.id)
+def with_all(labels: Sequence[str]) -> ColumnElement[bool]:
+    """The image carries every one of `labels` (by hand or automatically): a filter on `images`."""
+    condition: ColumnElement[bool] = true()
     for label in labels:
         tagged = select(image_tags.c.path).where((image_tags.c.label == label) & (image_tags.c.source != REJECTED))
-        stmt = stmt.where(images.c.path.in_(tagged))
+        condition = condition & images.c.path.in_(tagged)
+    return condition
+
+
+def ids_with_all(conn: Connection, labels: Sequence[str], root: str | None) -> np.ndarray:
+    """Ids of indexed images carrying every one of `labels` (by hand or automatically)."""
+    stmt = select(images.c.id).where(with_all(labels))
     if root is not None:
         stmt = stmt.where(under(images.c.path, root))
     return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)

@@ -8,6 +8,8 @@ Create Date: 2026-11-23
 import sqlalchemy as sa
 from alembic import op
 
+from imgsearch.store.coltypes import Label, PathText
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -18,8 +20,8 @@ def upgrade() -> None:
     op.add_column("images", sa.Column("tags_key", sa.String(32), nullable=True))
     op.create_table(
         "image_tags",
-        sa.Column("path", sa.Text(), nullable=False),
-        sa.Column("label", sa.Text(collation="NOCASE"), nullable=False),
+        sa.Column("path", PathText, nullable=False),
+        sa.Column("label", Label, nullable=False),
         sa.Column("source", sa.String(8), nullable=False),
         sa.Column("score", sa.Float(), nullable=True),
         sa.Column("probability", sa.Float(), nullable=True),

@@ -1,0 +1,78 @@
+"""Files named by imported embeddings, as the indexer would record them: the same stat, hash and names.
+
+An imported row is only worth anything if a later `imgsearch index` of its folder takes it for one of its
+own: the same path (absolute, the folder's symlinks resolved as `index` resolves the folders it is given),
+size and mtime from the open file, the same content hash, and only names the scan would list.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+
+from PIL import Image
+
+from imgsearch.indexer import images
+from imgsearch.indexer.scan import NameFilter
+from imgsearch.store.exchange import LocalFile
+
+
+def local_path(raw: str, map_prefix: tuple[str, str] | None = None) -> str:
+    """Where an image_path of another machine is here: its prefix swapped, made absolute against the
+    current folder, its folder's symlinks resolved (the file's own name is kept, as the scan keeps it)."""
+    if map_prefix is not None:
+        old, new = map_prefix[0].rstrip("/") or "/", map_prefix[1]
+        if raw == old or raw.startswith(old if old.endswith("/") else old + "/"):
+            raw = new.rstrip("/") + "/" + raw[len(old) :].lstrip("/")
+    path = os.path.abspath(os.path.expanduser(raw))
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def inspect(raw: str, need_size: bool, names: NameFilter, map_prefix: tuple[str, str] | None = None) -> LocalFile:
+    """The file an imported row names, read and hashed as the indexer reads it; its pixel size (from the
+    header, nothing decoded) when need_size. Never raises: a missing file or a reason comes back instead."""
+    if not raw:
+        return LocalFile(raw, error="the row has no image_path")
+    path = local_path(raw, map_prefix)
+    name = os.path.basename(path)
+    if not names.is_image(name) or names.excluded(name):
+        return LocalFile(path, error="not a file `index` would list (index.extensions, index.exclude)")
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return LocalFile(path, error="not a regular file")
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return LocalFile(path, missing=True)
+    except OSError as exc:
+        return LocalFile(path, error=f"cannot read file ({exc.strerror or exc})")
+    width, height = _size(data) if need_size else (0, 0)
+    if need_size and not width:
+        return LocalFile(path, error="not an image (its header cannot be read)")
+    digest, generated = images.digest(data), images.is_generated(data)
+    return LocalFile(path, st.st_size, st.st_mtime_ns, digest, width, height, generated)
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    """(width, height) upright (EXIF orientation), from the header, or (0, 0). Pillow reads no pixels for this."""
+    images.register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                turned = _turned(image)
+    except Exception:  # any decoder's complaint about one file is that file's reason, not the import's end
+        return 0, 0
+    return (height, width) if turned else (width, height)
+
+
+def _turned(image: Image.Image) -> bool:
+    """EXIF orientation 5 to 8: shown a quarter turn from how it is stored (a broken EXIF block: as stored)."""
+    try:
+        return image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:
+        return False
