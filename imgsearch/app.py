@@ -911,6 +911,8 @@ class Library:
 
         started = time.monotonic()
         into_sqlite = to.strip().lower() == "sqlite"
+        if not into_sqlite and to.split("://", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise UsageError(f"migrate: --to takes a postgresql://user@host/database URL or sqlite, not {to!r}")
         if into_sqlite and not self.settings.store.url:
             raise UsageError(f"migrate: {self.settings.database_path} is already the database in use")
         if not into_sqlite and to.strip() == self.settings.store.url:

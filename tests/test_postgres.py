@@ -86,6 +86,8 @@ def test_migrate_refuses_a_target_that_holds_images(postgres, tiny, shapes, home
     assert Store(url).count() == len(captions)
     same = runner.invoke(cli, ["migrate", "--to", "sqlite"])
     assert same.exit_code == 2 and "already the database in use" in same.output
+    other = runner.invoke(cli, ["migrate", "--to", "mysql://me@host/db"])
+    assert other.exit_code == 2 and other.output.startswith("imgsearch: migrate: --to takes a postgresql://")
 
 
 def test_bad_store_urls_are_one_line_errors(home: Path, tiny) -> None:  # type: ignore[no-untyped-def]
