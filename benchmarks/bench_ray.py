@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -42,23 +43,66 @@ def driver(args: argparse.Namespace) -> None:
     print(json.dumps({"images": report.embedded, "seconds": time.perf_counter() - started}))
 
 
-def variant(command: list[str], folders: tuple[Path, Path], overrides: dict[str, str], repeat: int) -> dict[str, float]:
+def variant(
+    command: list[str], folders: tuple[Path, Path], overrides: dict[str, str], repeat: int, cluster: Any = None
+) -> dict[str, float]:
     """Whole-run rate of the small folder, steady rate and fixed cost from the two (the fastest of `repeat` runs
-    of each: the machine may be shared)."""
-    (n1, t1), (n2, t2) = (min(run_driver(command, f, overrides) for _ in range(repeat)) for f in folders)
+    of each: the machine may be shared), and peak memory: the driver's, and the cluster's node processes' summed."""
+    peaks = {"driver": 0.0, "cluster": 0.0}
+    runs = [[run_driver(command, f, overrides, cluster, peaks) for _ in range(repeat)] for f in folders]
+    (n1, t1), (n2, t2) = (min(r) for r in runs)
     steady = (n2 - n1) / (t2 - t1)
-    return {"images": n1, "whole": n1 / t1, "steady": steady, "fixed": t1 - n1 / steady}
+    return {"images": n1, "whole": n1 / t1, "steady": steady, "fixed": t1 - n1 / steady} | peaks
 
 
-def run_driver(command: list[str], folder: Path, overrides: dict[str, str]) -> tuple[int, float]:
+def run_driver(
+    command: list[str], folder: Path, overrides: dict[str, str], cluster: Any, peaks: dict[str, float]
+) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as home:
         args = ["--driver", "--home", home, "--folder", str(folder), "--overrides", json.dumps(overrides)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")} | {"RAY_USAGE_STATS_ENABLED": "0"}
-        done = subprocess.run([*command, sys.executable, __file__, *args], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"the index run failed:\n{done.stderr[-3000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen(
+            [*command, sys.executable, __file__, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while proc.poll() is None:  # memory sampled four times a second while it runs
+            peaks["driver"] = max(peaks["driver"], _rss([proc.pid, *_children(proc.pid)]))
+            if cluster is not None:
+                peaks["cluster"] = max(peaks["cluster"], _rss([p for node in cluster.nodes for p in node.pids()]))
+            time.sleep(0.25)
+        out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"the index run failed:\n{err[-3000:]}")
+    figures = json.loads(out.strip().splitlines()[-1])
     return int(figures["images"]), float(figures["seconds"])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found + [c for f in found for c in _children(f)]
+
+
+def _rss(pids: list[int]) -> float:
+    """Resident bytes of these processes, summed (shared pages counted in each: an upper bound)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return float(total)
 
 
 def on_cluster(nodes: int, folders: tuple[Path, Path], overrides: dict[str, str], repeat: int) -> dict[str, float]:
@@ -69,7 +113,7 @@ def on_cluster(nodes: int, folders: tuple[Path, Path], overrides: dict[str, str]
         for _ in range(nodes):
             cluster.add_node(cpus)
         ray = {"index.ray": cluster.address, "index.ray_cpus_per_actor": str(cpus)}
-        return variant(cluster.command(), folders, overrides | ray, repeat)
+        return variant(cluster.command(), folders, overrides | ray, repeat, cluster)
 
 
 def main() -> None:
@@ -119,10 +163,12 @@ def main() -> None:
 
     plain = results["plain pipeline"]
     print(f"model {args.model}  batch {args.batch}  cores {os.cpu_count()}  images {args.count} and {2 * args.count}")
-    print(f"{'':28} {'whole run':>12} {'steady':>12} {'ratio':>6} {'fixed cost':>11}")
+    print(f"{'':28} {'whole run':>12} {'steady':>12} {'ratio':>6} {'fixed cost':>11} {'peak RSS driver / cluster':>26}")
     for name, r in results.items():
         ratio = r["steady"] / plain["steady"]
-        print(f"{name:28} {r['whole']:7.2f} im/s {r['steady']:7.2f} im/s {ratio:6.2f} {r['fixed']:9.1f} s")
+        memory = f"{r['driver'] / 2**20:8.0f} MB / {r['cluster'] / 2**20:6.0f} MB" if r["cluster"] else ""
+        memory = memory or f"{r['driver'] / 2**20:8.0f} MB"
+        print(f"{name:28} {r['whole']:7.2f} im/s {r['steady']:7.2f} im/s {ratio:6.2f} {r['fixed']:9.1f} s {memory:>26}")
 
 
 if __name__ == "__main__":
