@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
 from imgsearch.errors import ConfigError, ModelMismatchError, SchemaTooNewError, StoreError
-from imgsearch.store.coltypes import POSTGRES, Embedding, insert_into
+from imgsearch.store.coltypes import POSTGRES, Embedding, insert_into, register
 from imgsearch.store.schema import image_tags, images, meta, roots, skipped
 from imgsearch.types import ImageInfo, Skipped
 
@@ -487,6 +487,7 @@ def _postgres_engine(url: str) -> tuple[Engine, str]:
     except ImportError:
         raise ConfigError(f"store.url {name}: PostgreSQL needs psycopg: pip install 'imgsearch[postgres]'") from None
     parsed = parsed.set(drivername="postgresql+psycopg")
+    register()
     # A server that does not answer fails in seconds, not after the kernel's minutes-long TCP timeout.
     engine = create_engine(parsed, connect_args={"connect_timeout": 10}, pool_size=8, max_overflow=32)
     return engine, name
