@@ -51,7 +51,22 @@ def model_id(model: ModelSettings) -> str:
     return f"{model.name}:{model.pretrained}"
 
 
+_FINGERPRINTS: dict[tuple[str, int, int, int], str] = {}
+
+
 def fingerprint(path: Path) -> str:
+    """The checkpoint's identity, hashed once per file version: a server checks it on every query."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise WeightsError(f"model.pretrained: cannot read checkpoint {path}: {exc.strerror}") from None
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _fingerprint(path)
+    return _FINGERPRINTS[key]
+
+
+def _fingerprint(path: Path) -> str:
     try:
         size = path.stat().st_size
         digest = hashlib.sha256(str(size).encode())
