@@ -101,6 +101,7 @@ def measure(n: int, work: Path, checkpoint: Path) -> None:
         assert server.stdout is not None
         url = server.stdout.readline().split()[1].rstrip("/")
         get(f"{url}/api/search?q=warm")
+        time.sleep(5)  # serve warms the model and prunes thumbnails in a thread at start: measure after it
         prompts = [f"photo {i} of a thing" for i in range(30)]
         new = [get(f"{url}/api/search?limit=10&q={urllib.parse.quote(p)}") for p in prompts]
         again = [get(f"{url}/api/search?limit=10&q={urllib.parse.quote(p)}") for p in prompts * 2]
