@@ -108,11 +108,24 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
             raise ImageDecodeError(f"decompression bomb (over {max_pixels} pixels)") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageDecodeError(f"corrupt or truncated image (unreadable header: {_short(exc)})") from None
-        width, height = opened.size
-        image = _load(opened, max_pixels, draft_side)
-        turned = (image.width > image.height) != (width > height) and image.width != image.height
-        size = (height, width) if turned else (width, height)  # EXIF said the picture stands on its side
+        width, height = opened.size  # before a draft decode shrinks it
+        image, turned = _load(opened, max_pixels, draft_side)
+        size = (height, width) if turned else (width, height)
         return _to_rgb(_reduce(_crop_aspect(image), draft_side)), size
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the picture is shown, from an opened image: EXIF orientations 5 to 8 stand it on its
+    side. A broken EXIF block counts as none, as when decoding. (Reading a PNG's EXIF loads its pixels.)"""
+    width, height = image.size
+    return (height, width) if _sideways(image) else (width, height)
+
+
+def _sideways(image: Image.Image) -> bool:
+    try:
+        return image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:
+        return False
 
 
 def _unidentified(data: bytes) -> str:
@@ -125,7 +138,8 @@ def _unidentified(data: bytes) -> str:
     return f"corrupt or truncated image ({kind} signature, but the header cannot be read)"
 
 
-def _load(image: Image.Image, max_pixels: int, draft_side: int) -> Image.Image:
+def _load(image: Image.Image, max_pixels: int, draft_side: int) -> tuple[Image.Image, bool]:
+    """The loaded image, upright, and whether standing it upright turned it a quarter."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(f"decompression bomb ({width}x{height} pixels, limit index.max_pixels={max_pixels})")
@@ -139,7 +153,9 @@ def _load(image: Image.Image, max_pixels: int, draft_side: int) -> Image.Image:
         raise ImageDecodeError(f"decompression bomb (over {max_pixels} pixels)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image ({_short(exc)})") from None
-    return _upright(image)
+    stored = image.size
+    image = _upright(image)
+    return image, image.size != stored
 
 
 def _upright(image: Image.Image) -> Image.Image:

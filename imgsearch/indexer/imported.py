@@ -63,16 +63,6 @@ def _size(data: bytes) -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                turned = _turned(image)
+                return images.upright_size(image)
     except Exception:  # any decoder's complaint about one file is that file's reason, not the import's end
         return 0, 0
-    return (height, width) if turned else (width, height)
-
-
-def _turned(image: Image.Image) -> bool:
-    """EXIF orientation 5 to 8: shown a quarter turn from how it is stored (a broken EXIF block: as stored)."""
-    try:
-        return image.getexif().get(0x0112) in (5, 6, 7, 8)
-    except Exception:
-        return False

@@ -31,7 +31,7 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from imgsearch.errors import ImgSearchError, InterruptedRun, ModelMismatchError, StoreError, UsageError
-from imgsearch.store.repository import NewImage, Store, chunks, under
+from imgsearch.store.repository import NewImage, Store, chunks, first_line, under
 from imgsearch.store.schema import images
 from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport, Progress, Skipped
 
@@ -352,7 +352,7 @@ def _check_shard(pq: Any, folder: Path, npy: Path, parquet: Path) -> Shard:
         meta = pq.ParquetFile(str(parquet))
         count, schema = meta.metadata.num_rows, meta.schema_arrow
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise UsageError(f"import: {parquet} is not a readable parquet file ({_first_line(exc)})") from None
+        raise UsageError(f"import: {parquet} is not a readable parquet file ({first_line(exc)})") from None
     if "image_path" not in schema.names:
         raise UsageError(f"import: {parquet} has no image_path column")
     if not _is_text(schema.field("image_path").type):
@@ -374,7 +374,7 @@ def _npy_layout(npy: Path) -> tuple[int, int, np.dtype[Any], int]:
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
     except (OSError, ValueError, EOFError) as exc:
-        raise UsageError(f"import: {npy} is not a readable .npy file ({_first_line(exc)})") from None
+        raise UsageError(f"import: {npy} is not a readable .npy file ({first_line(exc)})") from None
     if len(shape) != 2 or fortran or dtype.kind != "f":
         raise UsageError(f"import: {npy} does not hold float vectors as rows (shape {shape}, dtype {dtype})")
     if size != offset + shape[0] * shape[1] * dtype.itemsize:
@@ -386,10 +386,6 @@ def _is_text(kind: Any) -> bool:
     import pyarrow as pa
 
     return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def import_source(
@@ -469,7 +465,7 @@ def _metadata(parquet: Path) -> Iterator[dict[str, list[Any]]]:
         while (record := next(records, None)) is not None:
             yield record.to_pydict()
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise UsageError(f"import: cannot read {parquet} ({_first_line(exc)})") from None
+        raise UsageError(f"import: cannot read {parquet} ({first_line(exc)})") from None
 
 
 def _batch(columns: dict[str, list[Any]], raw: np.ndarray) -> _Batch:

@@ -105,7 +105,7 @@ class Store:
             _migrate(self.engine, self.name)
         except DatabaseError as exc:
             self.engine.dispose()
-            raise StoreError(f"cannot open the database {self.name}: {_first_line(exc.orig)}") from None
+            raise StoreError(f"cannot open the database {self.name}: {first_line(exc.orig)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -131,7 +131,7 @@ class Store:
                     conn.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK)))
                     yield conn
             except OperationalError as exc:
-                raise StoreError(f"cannot write the database {self.name}: {_first_line(exc.orig)}") from None
+                raise StoreError(f"cannot write the database {self.name}: {first_line(exc.orig)}") from None
             return
         with self._write_lock():
             try:
@@ -469,7 +469,8 @@ def _revision(engine: Engine) -> str | None:
         return None
 
 
-def _first_line(error: object) -> str:
+def first_line(error: object) -> str:
+    """An error's first line, for a one-line message (a driver's message may run over several)."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
@@ -560,4 +561,4 @@ def _migrate(engine: Engine, name: str) -> None:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except OperationalError as exc:
-        raise StoreError(f"cannot upgrade the database {name}: {_first_line(exc.orig)}") from None
+        raise StoreError(f"cannot upgrade the database {name}: {first_line(exc.orig)}") from None
