@@ -16,19 +16,20 @@ from imgsearch.store.repository import Store
 from imgsearch.store.schema import image_tags, images, meta, roots, skipped, text_vectors
 
 BATCH = 2000
-# Copied first, all at once (small); images and image_tags after, in batches with progress.
+# Copied first, all at once (small); images and image_tags after, streamed in batches.
 SMALL_TABLES = (meta, roots, skipped, text_vectors)
 FILE_KEYS = ("vectors_checksum", "vectors_generation", "vectors_max_id", "index_type")
 
 
 def copy_store(source: Store, target: Store, on_progress: Callable[[int, int], None] = lambda done, total: None) -> int:
     """Copy everything in source into target, which must hold no images. Returns the number of images."""
-    if target.count():
-        raise UsageError(f"migrate: {target.name} already holds {target.count()} images; migrate into an empty one")
     with source.read(snapshot=True) as src:
         total = int(src.execute(select(func.count()).select_from(images)).scalar_one())
         _, dim = source.model(src)
         with target.write() as dst:
+            held = target.count(dst)  # inside the write: no other writer can fill it meanwhile
+            if held:
+                raise UsageError(f"migrate: {target.name} already holds {held} images; migrate into an empty one")
             for table in (meta, roots, skipped, image_tags, text_vectors):
                 dst.execute(delete(table))  # defaults a new database made for itself (its generation)
             for table in SMALL_TABLES:
