@@ -224,6 +224,32 @@ def test_lost_events_mean_a_full_reconciliation(tmp_path: Path) -> None:
         watcher.stop()
 
 
+def test_mid_burst_a_moved_file_goes_with_its_source(tmp_path: Path) -> None:
+    """During a long burst, complete files are indexed in chunks before the tree is quiet; a moved file among
+    them must take its source along, or the pass would see a copy of a row that is still there (a new id)."""
+    from imgsearch.indexer.watch import BURST_CHUNK, Watcher
+
+    watched, moved = tmp_path / "watched", tmp_path / "moved"
+    watched.mkdir()
+    moved.mkdir()
+    watcher = Watcher([str(watched)], ["png"], [".*"], settle_seconds=2.0)
+    watcher.start()
+    try:
+        pairs = {}
+        for i in range(BURST_CHUNK + 10):
+            (moved / f"{i}.png").write_bytes(b"x")
+            pairs[str(moved / f"{i}.png")] = str(watched / f"{i}.png")
+            watcher.changes.add_move(pairs[str(moved / f"{i}.png")], str(moved / f"{i}.png"))
+        long_ago = time.monotonic() - 10
+        watcher.changes.paths.update(dict.fromkeys(watcher.changes.paths, long_ago))  # settled halves of moves
+        watcher.changes.add(str(watched / "still-copying.png"))  # the burst goes on: not quiet
+        ready = watcher.next_pass(threading.Event())
+        assert ready == set(pairs) | set(pairs.values())
+        assert list(watcher.changes.paths) == [str(watched / "still-copying.png")] and not watcher.changes.sources
+    finally:
+        watcher.stop()
+
+
 def test_burst_and_mass_move_with_a_query_process_beside(watching, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Thousands of new files, then 1,000 moved between folders: index equals disk, moves are not
     re-embedded, and a separate query process sees no 'database is locked' meanwhile."""

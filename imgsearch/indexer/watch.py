@@ -33,6 +33,7 @@ class Changes:
     """Paths touched, with the time of their last event; filled by watchdog's thread, drained by the watcher."""
 
     paths: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # a move's destination -> its source
     lost: bool = False
     last_event: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,6 +45,17 @@ class Changes:
             self.paths.update(dict.fromkeys(paths, now))
             self.last_event = now
         self.wake.set()
+
+    def add_move(self, source: str, destination: str) -> None:
+        with self.lock:
+            self.sources[destination] = source
+        self.add(source, destination)
+
+    def with_sources(self, paths: list[str]) -> list[str]:
+        """paths, and the source of each that a move made: the two halves of a move go in one pass."""
+        with self.lock:
+            extra = [self.sources[p] for p in paths if p in self.sources]
+        return paths + [p for p in extra if p not in paths]
 
     def mark_lost(self) -> None:
         with self.lock:
@@ -62,6 +74,7 @@ class Changes:
         with self.lock:
             for p in paths:
                 self.paths.pop(p, None)
+                self.sources.pop(p, None)
             lost, self.lost = self.lost, False
             if not self.paths and not lost:
                 self.wake.clear()
@@ -84,7 +97,9 @@ class _Handler(FileSystemEventHandler):
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
         kept = [p for p in paths if event.is_directory or self.wanted(p)]
-        if kept:
+        if len(kept) == 2:
+            self.changes.add_move(*kept)
+        elif kept:
             self.changes.add(*kept)
 
 
@@ -167,10 +182,10 @@ class Watcher:
                 return None
             if self.changes.quiet_for() >= self.settle:
                 ready = self._stable(self.changes.settled(0.0))
-            else:  # mid-burst: only files already complete; deletions and move sources wait for quiet,
-                # so both halves of a move are always handled in one pass (no re-embed, row kept)
+            else:  # mid-burst: only files already complete; deletions wait for quiet. A moved file goes with
+                # its source, so that both halves of a move are handled in one pass (no re-embed, row kept)
                 ready = [p for p in self._stable(self.changes.settled(self.settle)) if os.path.isfile(p)]
-                ready = ready if len(ready) >= BURST_CHUNK else []
+                ready = self.changes.with_sources(ready) if len(ready) >= BURST_CHUNK else []
             if ready:
                 lost = self.changes.take(ready)
                 return None if lost else set(ready)
