@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.config import Settings, load_settings
+from imgsearch.config import Settings, is_postgres_url, load_settings
 from imgsearch.errors import BusyError, IndexEmptyError, NotFoundError, UsageError
 from imgsearch.types import (
     ExportReport,
@@ -273,6 +273,9 @@ class Library:
             finally:
                 f.truncate(0)
 
+    def _empty(self) -> IndexEmptyError:
+        return IndexEmptyError(f"the index at {self.settings.home} is empty: run `imgsearch index FOLDER` first")
+
     def _check_model(self, allow_empty: bool = False, rebuilding: bool = False) -> None:
         from imgsearch.embed import configured_model_id
         from imgsearch.store.repository import mismatch
@@ -280,7 +283,7 @@ class Library:
         indexed, _ = self.store.model()
         count = self.store.count()
         if count == 0 and not allow_empty:
-            raise IndexEmptyError(f"the index at {self.settings.home} is empty: run `imgsearch index FOLDER` first")
+            raise self._empty()
         if count and indexed and not rebuilding:
             configured = configured_model_id(self.settings)
             if configured != indexed:
@@ -807,7 +810,7 @@ class Library:
         if shard_size is not None and shard_size < 1:
             raise UsageError("export: the shard size must be at least 1")
         if self.store.count() == 0:
-            raise IndexEmptyError(f"the index at {self.settings.home} is empty: run `imgsearch index FOLDER` first")
+            raise self._empty()
         root = _absolute(path_prefix) if path_prefix is not None else None
         size = shard_size or exchange.SHARD_SIZE
         return exchange.export(self.store, Path(out).expanduser(), root, size, on_progress)
@@ -911,7 +914,7 @@ class Library:
 
         started = time.monotonic()
         into_sqlite = to.strip().lower() == "sqlite"
-        if not into_sqlite and to.split("://", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+        if not into_sqlite and not is_postgres_url(to):
             raise UsageError(f"migrate: --to takes a postgresql://user@host/database URL or sqlite, not {to!r}")
         if into_sqlite and not self.settings.store.url:
             raise UsageError(f"migrate: {self.settings.database_path} is already the database in use")

@@ -192,8 +192,13 @@ class ServeSettings:
     query_via_server: bool = _opt(True, "`imgsearch query` asks a running `serve` (warm model, no start-up cost)")
 
 
+def is_postgres_url(value: str) -> bool:
+    """postgresql://..., postgres://... or postgresql+driver://...: what store.url and `migrate --to` accept."""
+    return value.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
 def _store_url(value: str) -> str | None:
-    if not value or value.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+    if not value or is_postgres_url(value):
         return None
     return "be empty (SQLite in the home folder) or a postgresql://user@host/database URL"
 
