@@ -46,17 +46,37 @@ def make_checkpoint(model: str, path: Path) -> Path:
     return path
 
 
-def model_only(embedder, count: int, batch: int) -> float:  # type: ignore[no-untyped-def]
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def model_only(embedder, count: int, batch: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(images/s, CPU-ms per image: all threads of the process)."""
     x = np.random.default_rng(0).standard_normal((batch, 3, embedder.input_size, embedder.input_size))
     x = x.astype(np.float32)
     embedder.embed_prepared(x[:2])  # warm-up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     done = 0
     while done < count:
         n = min(batch, count - done)
         embedder.embed_prepared(x[:n])
         done += n
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), 1000 * (cpu_seconds() - cpu) / count
+
+
+def reader_only(embedder, settings, folder: Path) -> float:  # type: ignore[no-untyped-def]
+    """CPU-ms per image of the reader stage alone (read, hash, decode, preprocess), on one thread."""
+    from imgsearch.indexer.pipeline import LazyEmbedder, Reader
+    from imgsearch.indexer.scan import FileEntry
+
+    reader = Reader(LazyEmbedder(lambda: embedder), settings.index, lambda digest: [])
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    reader.read((FileEntry(str(paths[0]), 0, 0), None))  # warm-up
+    started = time.thread_time()
+    for path in paths:
+        reader.read((FileEntry(str(path), 0, 0), None))
+    return 1000 * (time.thread_time() - started) / len(paths)
 
 
 def pipeline(embedder, settings, folder: Path) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -100,13 +120,20 @@ def main() -> None:
         settings = load_settings(home, overrides=overrides, environ={})
         embedder = load_embedder(settings)
         files = sum(1 for p in folder.rglob("*") if p.is_file())
-        a = model_only(embedder, min(files, args.count) if not args.folder else files, args.batch)
+        a, model_ms = model_only(embedder, min(files, args.count) if not args.folder else files, args.batch)
+        reader_ms = reader_only(embedder, settings, folder)
         b, n = pipeline(embedder, settings, folder)
-    print(f"model {args.model}  batch {args.batch}  cores {os.cpu_count()}  device {embedder.device}")
+    cores = len(os.sched_getaffinity(0))
+    print(f"model {args.model}  batch {args.batch}  cores {cores}  device {embedder.device}")
     print(f"folder {folder}  images {n}")
-    print(f"(a) model only       {a:7.2f} images/s")
+    print(f"(a) model only       {a:7.2f} images/s  ({model_ms:.1f} CPU-ms an image)")
     print(f"(b) whole pipeline   {b:7.2f} images/s")
     print(f"ratio b/a            {b / a:7.3f}")
+    if embedder.device == "cpu":
+        # Model and reader share the cores: with every core busy all the time, an image costs both CPU times.
+        bound = 1000 * cores / (model_ms + reader_ms)
+        print(f"reader stage         {reader_ms:7.1f} CPU-ms an image (read, hash, decode, preprocess; one thread)")
+        print(f"bound on these cores {bound:7.2f} images/s = ratio {bound / a:.3f} (model and reader CPU-ms summed)")
 
 
 if __name__ == "__main__":

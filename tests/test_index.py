@@ -186,6 +186,19 @@ def test_copies_within_one_run_are_embedded_once(lib: Library, shapes) -> None: 
     assert faiss_ids(lib) == sqlite_ids(lib)
 
 
+def test_the_model_is_given_full_batches(lib: Library, shapes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Decoded images wait for a whole batch (a model call on one or two costs more an image); the last may be short."""
+    folder, labels = shapes
+    embedder = lib.embedder
+    sizes: list[int] = []
+    embed = embedder.embed_prepared
+    monkeypatch.setattr(embedder, "embed_prepared", lambda batch: sizes.append(len(batch)) or embed(batch))
+    lib.index([folder])
+    batch = lib.settings.index.batch_size
+    assert sum(sizes) == len(labels) > 2 * batch
+    assert sizes[:-1] == [batch] * (len(sizes) - 1) and 0 < sizes[-1] <= batch
+
+
 def test_rescan_skips_folders_that_are_gone_and_keeps_their_images(lib: Library, tmp_path: Path) -> None:
     from tests.conftest import draw_shapes
 
