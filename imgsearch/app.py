@@ -499,7 +499,7 @@ class Library:
             if loaded.rebuilt:
                 self._save_if_idle(loaded)
             self._index = loaded
-            if not loaded.exact and self.rebuild_in_background:
+            if not loaded.current and self.rebuild_in_background:
                 self._start_rebuild()
         return self._index
 

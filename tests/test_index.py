@@ -311,3 +311,39 @@ def test_serve_answers_from_an_index_that_fell_behind_while_it_rebuilds_it(lib: 
     after = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
     assert after.exact and not after.rebuilt, "the thread saved a current file"
     assert [h.path for h in lib.query(images=[extra / "late-red-circle.png"], k=3)] == [h.path for h in hits]
+
+
+@pytest.mark.faiss_file
+def test_deletions_from_an_hnsw_index_are_kept_out_of_results_without_a_rebuild(
+    home: Path, tiny, tiny_embedder, shapes, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """HNSW cannot remove vectors. Rebuilding it for each deletion costs minutes from 100k images, so up to
+    MAX_KEPT_GONE gone images stay in the graph and searches leave them out; past that the writer rebuilds."""
+    folder, labels = shapes
+    overrides = {**tiny_overrides(tiny), "search.index_type": "hnsw"}
+    lib = Library(load_settings(home, overrides=overrides), embedder=tiny_embedder)
+    lib.rebuild_in_background = True
+    monkeypatch.setattr(sync, "MAX_KEPT_GONE", 4)
+    rebuilds: list[int] = []
+    rebuild = sync.rebuild
+    monkeypatch.setattr(sync, "rebuild", lambda *a, **k: rebuilds.append(1) or rebuild(*a, **k))
+    lib.index([folder])
+    assert rebuilds == [1]  # the first run builds it
+    red = sorted(p for p in labels if "/red-" in p)
+    for path in red[:3]:
+        os.remove(path)
+    assert lib.index([folder]).removed == 3
+    loaded = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
+    assert rebuilds == [1] and not loaded.rebuilt and loaded.index.kind == "hnsw"
+    assert (len(loaded.index), loaded.dropped, loaded.current) == (len(labels), 3, True)
+    hits = lib.query("a red circle", k=len(labels))
+    assert len(hits) == len(labels) - 3 and not {h.path for h in hits} & set(red[:3])
+    assert lib._builder is None, "a current file is not rebuilt in the background"
+    assert lib.index([folder]).embedded == 0 and rebuilds == [1]
+
+    os.remove(red[3])
+    os.remove(red[4])  # 5 gone: more than the index keeps
+    lib.index([folder])
+    loaded = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
+    assert rebuilds == [1, 1] and (len(loaded.index), loaded.dropped) == (len(labels) - 5, 0)
+    lib.close()

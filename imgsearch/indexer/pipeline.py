@@ -214,9 +214,18 @@ def _lower_priority() -> None:
 class Writer:
     """Applies what the reader found to SQLite (one transaction a batch) and to the in-memory FAISS index."""
 
-    def __init__(self, store: Store, index: FaissIndex | None, embedder: LazyEmbedder, plan: Plan, report: IndexReport):
+    def __init__(
+        self,
+        store: Store,
+        index: FaissIndex | None,
+        embedder: LazyEmbedder,
+        plan: Plan,
+        report: IndexReport,
+        dropped: int = 0,
+    ):
         self.store = store
         self.index = index
+        self.dropped = dropped  # images gone from the database that the index still holds (HNSW cannot remove)
         self.embedder = embedder
         self.plan = plan
         self.report = report
@@ -347,8 +356,11 @@ class Writer:
         if self.index is None or self.index_stale:
             return
         if removed and not self.index.supports_remove:
-            self.index_stale = True  # rebuilt from SQLite at the end
-            return
+            self.dropped += len(removed)
+            if self.dropped > sync.MAX_KEPT_GONE:
+                self.index_stale = True  # rebuilt from SQLite at the end
+                return
+            removed = []  # kept in the graph; searches leave out ids the database no longer has
         self.index.remove(np.array(removed, dtype=np.int64))
         if added:
             ids = np.array([a[0] for a in added], dtype=np.int64)
@@ -395,7 +407,8 @@ def run(
     # PostgreSQL searches its own vectors: no FAISS file to keep.
     loaded = sync.from_file(store, index_path, search, mapped=False) if store.count() and not store.postgres else None
     lazy = LazyEmbedder(embedder)
-    writer = Writer(store, sync.caught_up(loaded) if loaded else None, lazy, work, report)
+    base = sync.caught_up(loaded) if loaded else None
+    writer = Writer(store, base, lazy, work, report, loaded.dropped if loaded and base else 0)
     reader = (make_reader or Reader)(lazy, settings, store.find_by_hash)
     total = len(work.todo)
     done = 0
@@ -443,13 +456,13 @@ def _save(
         return
     index = writer.index
     wanted = sync.choose_params(search, count).kind
-    if index is None or writer.index_stale or index.kind != wanted or len(index) != count:
+    if index is None or writer.index_stale or index.kind != wanted or len(index) - writer.dropped != count:
         loaded = sync.rebuild(store, search)
         index, generation = loaded.index, loaded.generation
         current = False
     else:
         generation = writer.generation
-        current = loaded is not None and loaded.exact and not loaded.rebuilt and loaded.generation == generation
+        current = loaded is not None and loaded.current and not loaded.rebuilt and loaded.generation == generation
     if not current:
         sync.save(store, path, index, generation)
     on_progress(Progress("save", 1, 1))

@@ -25,6 +25,10 @@ from imgsearch.store.vectors import FaissIndex, IndexParams
 # (50k: ~10 ms, read from SQLite in ~0.3 s), and the base is asked for one more result per image gone.
 MAX_ADDED = 50_000
 MAX_GONE = 2_000
+# An index that cannot remove vectors (HNSW) keeps up to this many images that are gone, instead of being
+# rebuilt (minutes from 100k images) for each deletion: its searches ask for that many more results and leave
+# out the ids the database no longer has. Past it, the writer rebuilds the index.
+MAX_KEPT_GONE = 200
 
 
 def choose_params(search: SearchSettings, count: int) -> IndexParams:
@@ -64,6 +68,13 @@ class Loaded:
     def exact(self) -> bool:
         """The base alone holds exactly the database's images, as the configured kind of index."""
         return not len(self.extra_ids) and not self.dropped and not self.kind_wanted
+
+    @property
+    def current(self) -> bool:
+        """As a writer leaves it: exact, or holding a few images that are gone because it cannot remove them."""
+        if len(self.extra_ids) or self.kind_wanted:
+            return False
+        return not self.dropped or (not self.index.supports_remove and self.dropped <= MAX_KEPT_GONE)
 
     def __len__(self) -> int:
         return len(self.index) + len(self.extra_ids) - self.dropped
@@ -125,9 +136,10 @@ def from_file(
 
 
 def caught_up(loaded: Loaded) -> FaissIndex | None:
-    """The base with the images added since it was written, for a writer to go on changing; None if images
-    are gone since (their ids are not known without a scan) or the base is of the wrong kind: rebuild it."""
-    if loaded.dropped or loaded.kind_wanted:
+    """The base with the images added since it was written, for a writer to go on changing; None when it must
+    be rebuilt: of the wrong kind, or holding images that are gone and that it could remove (their ids are not
+    known without a scan) or too many that it cannot (HNSW keeps up to MAX_KEPT_GONE; see Loaded.dropped)."""
+    if loaded.kind_wanted or (loaded.dropped and (loaded.index.supports_remove or loaded.dropped > MAX_KEPT_GONE)):
         return None
     loaded.index.add(loaded.extra_ids, loaded.extra)
     return loaded.index
