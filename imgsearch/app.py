@@ -46,7 +46,7 @@ from imgsearch.types import (
 
 if TYPE_CHECKING:
     from imgsearch.embed import Embedder
-    from imgsearch.indexer.pipeline import MakeReader, OnProgress
+    from imgsearch.indexer.pipeline import Carry, MakeReader, OnProgress
     from imgsearch.search.labels import Label
     from imgsearch.search.tagger import LabelVectors
     from imgsearch.store import sync
@@ -156,6 +156,7 @@ class Library:
         through the same pipeline as `index`, and its report is passed to `on_pass`.
         """
         from imgsearch.errors import InterruptedRun
+        from imgsearch.indexer.pipeline import Carry
         from imgsearch.indexer.watch import Watcher
 
         stop = stop or threading.Event()
@@ -164,19 +165,21 @@ class Library:
             ix = self.settings.index
             watcher = Watcher(roots, ix.extensions, ix.exclude, self.settings.watch.settle_seconds)
             watcher.start()  # before reconciling, so nothing that changes meanwhile is missed
+            carry = Carry()  # the index stays in memory between passes; a large file is written now and then
             try:
-                on_pass(self._run(roots, on_progress, stop))
+                on_pass(self._run(roots, on_progress, stop, carry))
                 while not stop.is_set():
                     changed = watcher.next_pass(stop)
                     if changed is None:
                         on_notice("filesystem events were lost (queue overflow or watcher error): rescanning all")
                     targets = roots if changed is None else sorted(changed)
                     if targets and not stop.is_set():
-                        on_pass(self._run(targets, on_progress, stop))
+                        on_pass(self._run(targets, on_progress, stop, carry))
             except (KeyboardInterrupt, InterruptedRun):
                 pass  # the pipeline finished or rolled back its batch and saved the index
             finally:
                 watcher.stop()
+                carry.flush(self.store, self.settings.vector_index_path)
 
     def _begin(self, paths: Sequence[str | Path], rebuild: bool = False) -> list[str]:
         """What every writing run does first, under the writer lock: resolve and record the roots, check the model."""
@@ -193,7 +196,13 @@ class Library:
             self.store.add_roots(conn, roots)
         return roots
 
-    def _run(self, roots: Sequence[str], on_progress: OnProgress, stop: threading.Event | None) -> IndexReport:
+    def _run(
+        self,
+        roots: Sequence[str],
+        on_progress: OnProgress,
+        stop: threading.Event | None,
+        carry: Carry | None = None,
+    ) -> IndexReport:
         from imgsearch.indexer import pipeline
 
         try:
@@ -207,6 +216,7 @@ class Library:
                 on_progress,
                 stop,
                 self._ray_reader(),
+                carry,
             )
         finally:
             self._index = None

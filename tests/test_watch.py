@@ -394,3 +394,54 @@ def test_unwatchable_folder_is_a_one_line_error(tmp_path: Path) -> None:
     watcher = Watcher([str(tmp_path / "gone")], ["png"], [], settle_seconds=0.2)
     with pytest.raises(WatchError, match="^watch: cannot watch"):
         watcher.start()
+
+
+@pytest.mark.faiss_file
+def test_a_large_index_file_is_written_every_so_many_changes_and_on_stopping(
+    home: Path, tiny, tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Rewriting a file of hundreds of MB for each photo that arrives is what watch must not do: the index stays
+    in memory between passes, the file is written once enough has changed, and queries meanwhile add the images
+    it lacks. Here every file counts as large and 3 changes are enough."""
+    from imgsearch.indexer import pipeline
+    from imgsearch.store import sync
+
+    monkeypatch.setattr(pipeline, "DEFER_BYTES", 0)
+    monkeypatch.setattr(pipeline, "SAVE_AFTER_CHANGES", 3)
+    reads: list[int] = []
+    from_file = sync.from_file
+    monkeypatch.setattr(sync, "from_file", lambda *a, **k: reads.append(k["mapped"]) or from_file(*a, **k))
+    folder = tmp_path / "watched"
+    draw(folder / "start.png", "blue", "square")
+    overrides = dict(tiny_overrides(tiny), **{"watch.settle_seconds": "0.3"})
+    settings = load_settings(home, overrides=overrides)
+    lib = Library(settings, embedder=tiny_embedder)
+    w = Running(lib, folder)
+    written = settings.vector_index_path.stat().st_mtime_ns
+    reader = Library(settings, embedder=tiny_embedder)  # another process's view: the file plus what it lacks
+    try:
+        for i, color in enumerate(("red", "green")):
+            draw(folder / f"new-{i}.png", color, "circle", seed=i)
+            wait_for(lambda n=i + 2: lib.store.count() == n)
+            settled(w, 0.8)
+            assert settings.vector_index_path.stat().st_mtime_ns == written, "2 changes: the file is left as it was"
+            assert reader.query(f"a {color} circle", k=1)[0].path == str(folder / f"new-{i}.png")
+        os.remove(folder / "start.png")  # the third change
+        wait_for(lambda: lib.store.count() == 2)
+        settled(w, 0.8)
+        assert settings.vector_index_path.stat().st_mtime_ns != written
+        assert reads.count(False) == 0, "passes go on with the index in memory: the writer never reads the file"
+        loaded = sync.load(lib.store, settings.vector_index_path, settings.search)
+        assert loaded.exact and len(loaded.index) == 2
+        written = settings.vector_index_path.stat().st_mtime_ns
+        draw(folder / "last.png", "blue", "triangle")
+        wait_for(lambda: lib.store.count() == 3)
+        settled(w, 0.8)
+        assert settings.vector_index_path.stat().st_mtime_ns == written
+    finally:
+        w.stop.set()
+        w.thread.join(timeout=30)
+        reader.close()
+    loaded = sync.load(lib.store, settings.vector_index_path, settings.search)
+    assert loaded.exact and len(loaded.index) == 3, "stopping writes what was left unsaved"
+    lib.close()

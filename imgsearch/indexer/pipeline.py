@@ -56,6 +56,34 @@ class Plan:
     scan_skips: list[Skipped] = field(default_factory=list)
 
 
+# A long-running writer (`watch`) keeps its index in memory between passes and writes a file this large only
+# once SAVE_AFTER_CHANGES images were added or removed, or SAVE_AFTER_SECONDS passed, since it last wrote it
+# (and when it stops), instead of rewriting hundreds of MB for every photo that arrives. Meanwhile queries use the
+# file as written plus the images added since, which they score exactly (store/sync.py). The bound on changes
+# keeps well inside what queries accept before rebuilding (sync.MAX_ADDED, sync.MAX_GONE).
+DEFER_BYTES = 64 << 20
+SAVE_AFTER_CHANGES = 1_000
+SAVE_AFTER_SECONDS = 300.0
+
+
+@dataclass
+class Carry:
+    """What a long-running writer keeps from one run to the next: its index, exact for `generation` (it holds
+    the writer lock, so nobody else changes the images), and what the file on disk lacks."""
+
+    index: FaissIndex | None = None
+    generation: int = -1
+    dropped: int = 0
+    unsaved: int = 0  # images added or removed since the file was written
+    saved_at: float = field(default_factory=time.monotonic)
+
+    def flush(self, store: Store, path: Path) -> None:
+        """Write what is unsaved (the writer is stopping)."""
+        if self.unsaved and self.index is not None and not store.postgres:
+            sync.save(store, path, self.index, self.generation)
+            self.unsaved = 0
+
+
 @dataclass
 class Read:
     """One file after the reader stage. Exactly one of pixels / vector / duplicates / touched / error / gone applies.
@@ -226,6 +254,7 @@ class Writer:
         self.store = store
         self.index = index
         self.dropped = dropped  # images gone from the database that the index still holds (HNSW cannot remove)
+        self.changed = 0  # vectors added or removed
         self.embedder = embedder
         self.plan = plan
         self.report = report
@@ -353,6 +382,7 @@ class Writer:
         added.append((self._upsert(conn, r, new, removed), vector))
 
     def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
+        self.changed += len(removed) + len(added)
         if self.index is None or self.index_stale:
             return
         if removed and not self.index.supports_remove:
@@ -391,11 +421,13 @@ def run(
     on_progress: OnProgress = lambda p: None,
     stop: threading.Event | None = None,
     make_reader: MakeReader | None = None,
+    carry: Carry | None = None,
 ) -> IndexReport:
     """Bring the index in line with the files under roots. The caller holds the writer lock.
 
     Setting `stop` ends the run once what is read so far is embedded and committed, and saves the index.
-    `make_reader` replaces the reader stage (default: Reader, threads in this process).
+    `make_reader` replaces the reader stage (default: Reader, threads in this process). `carry`: the index
+    kept from the caller's previous run (see Carry); the caller flushes it when it stops.
     """
     started = time.monotonic()
     report = IndexReport()
@@ -405,10 +437,19 @@ def run(
     report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)
     # Read in full, not mapped: the writer changes its copy. Queries meanwhile use the file as it is.
     # PostgreSQL searches its own vectors: no FAISS file to keep.
-    loaded = sync.from_file(store, index_path, search, mapped=False) if store.count() and not store.postgres else None
+    loaded: sync.Loaded | None = None
+    base: FaissIndex | None
+    if carry is not None and carry.index is not None and carry.generation == store.generation():
+        base, dropped = carry.index, carry.dropped
+    else:
+        if store.count() and not store.postgres:
+            loaded = sync.from_file(store, index_path, search, mapped=False)
+        base = sync.caught_up(loaded) if loaded else None
+        dropped = loaded.dropped if loaded and base else 0
+        if carry is not None:  # what the file lacks, counted as unsaved
+            carry.unsaved = 0 if loaded is None or loaded.current else len(loaded.extra_ids) + loaded.dropped + 1
     lazy = LazyEmbedder(embedder)
-    base = sync.caught_up(loaded) if loaded else None
-    writer = Writer(store, base, lazy, work, report, loaded.dropped if loaded and base else 0)
+    writer = Writer(store, base, lazy, work, report, dropped)
     reader = (make_reader or Reader)(lazy, settings, store.find_by_hash)
     total = len(work.todo)
     done = 0
@@ -425,11 +466,11 @@ def run(
                 raise KeyboardInterrupt  # between batches, never inside a transaction
         writer.finish(settings.batch_size)
     except KeyboardInterrupt:
-        _save(store, index_path, search, writer, on_progress, loaded)
+        _save(store, index_path, search, writer, on_progress, loaded, carry)
         raise InterruptedRun(
             f"interrupted: {report.embedded} images embedded and saved; run `imgsearch index` again to finish"
         ) from None
-    _save(store, index_path, search, writer, on_progress, loaded)
+    _save(store, index_path, search, writer, on_progress, loaded, carry)
     report.seconds = time.monotonic() - started
     return report
 
@@ -441,11 +482,13 @@ def _save(
     writer: Writer,
     on_progress: OnProgress,
     loaded: sync.Loaded | None = None,
+    carry: Carry | None = None,
 ) -> None:
     """Write the FAISS cache for what is committed: the in-memory one if still exact, else rebuilt.
 
     Nothing is written when the file on disk is already that index: `loaded` from it, verified, and
-    nothing committed since (a run with nothing to do rewrites no file).
+    nothing committed since (a run with nothing to do rewrites no file). With `carry`, a large file is
+    written only when enough has changed since (see DEFER_BYTES), and the index is kept for the next run.
     """
     if store.postgres:
         return
@@ -456,13 +499,32 @@ def _save(
         return
     index = writer.index
     wanted = sync.choose_params(search, count).kind
-    if index is None or writer.index_stale or index.kind != wanted or len(index) - writer.dropped != count:
+    dropped = writer.dropped
+    if index is None or writer.index_stale or index.kind != wanted or len(index) - dropped != count:
         loaded = sync.rebuild(store, search)
-        index, generation = loaded.index, loaded.generation
-        current = False
+        index, generation, dropped = loaded.index, loaded.generation, 0
+        current = deferred = False
     else:
         generation = writer.generation
         current = loaded is not None and loaded.current and not loaded.rebuilt and loaded.generation == generation
-    if not current:
+        deferred = carry is not None and _defer(carry, writer.changed, path)
+    if carry is not None:
+        carry.index, carry.generation, carry.dropped = index, generation, dropped
+    if not current and not deferred:
         sync.save(store, path, index, generation)
+        if carry is not None:
+            carry.unsaved, carry.saved_at = 0, time.monotonic()
     on_progress(Progress("save", 1, 1))
+
+
+def _defer(carry: Carry, changed: int, path: Path) -> bool:
+    """Whether to leave a large file as it is for now, counting this run's changes as unsaved."""
+    carry.unsaved += changed
+    if not carry.unsaved:
+        return True  # nothing changed since the file was written
+    try:
+        large = path.stat().st_size >= DEFER_BYTES
+    except OSError:
+        return False
+    recent = time.monotonic() - carry.saved_at < SAVE_AFTER_SECONDS
+    return large and recent and carry.unsaved < SAVE_AFTER_CHANGES
