@@ -199,6 +199,31 @@ def test_the_model_is_given_full_batches(lib: Library, shapes, monkeypatch: pyte
     assert sizes[:-1] == [batch] * (len(sizes) - 1) and 0 < sizes[-1] <= batch
 
 
+def test_decoding_ahead_of_the_model_does_not_pile_up(lib: Library, shapes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """When decoding outruns the model (many cores, or a slow model), the reader hands over several batches at once:
+    all full ones are embedded before it is asked for more, so decoded pixels waiting in memory stay under a batch."""
+    from imgsearch.indexer import pipeline
+
+    folder, labels = shapes
+    batch = lib.settings.index.batch_size
+    embedded: list[int] = []
+    embed = lib.embedder.embed_prepared
+    monkeypatch.setattr(lib.embedder, "embed_prepared", lambda x: embedded.append(len(x)) or embed(x))
+    waiting: list[int] = []  # read but not embedded, each time the reader is asked for more
+
+    class Bursts(pipeline.Reader):
+        def run(self, items):  # type: ignore[no-untyped-def]
+            done = [self.read(item) for item in items]
+            for start in range(0, len(done), 2 * batch):
+                yield done[start : start + 2 * batch]
+                waiting.append(min(len(done), start + 2 * batch) - sum(embedded))
+
+    monkeypatch.setattr(pipeline, "Reader", Bursts)
+    lib.index([folder])
+    assert sum(embedded) == len(labels) > 2 * batch
+    assert max(waiting) < batch, waiting
+
+
 def test_rescan_skips_folders_that_are_gone_and_keeps_their_images(lib: Library, tmp_path: Path) -> None:
     from tests.conftest import draw_shapes
 

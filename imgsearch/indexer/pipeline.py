@@ -457,7 +457,7 @@ def run(
         for ready in reader.run(work.todo):
             for r in ready:
                 writer.accept(r)
-            if writer.due(settings.batch_size):
+            while writer.due(settings.batch_size):  # all of them before reading on: what waits stays under a batch
                 writer.flush(settings.batch_size)
             done += len(ready)
             on_progress(Progress("embed", done, total))
