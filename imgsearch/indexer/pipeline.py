@@ -447,7 +447,7 @@ def run(
         base = sync.caught_up(loaded) if loaded else None
         dropped = loaded.dropped if loaded and base else 0
         if carry is not None:  # what the file lacks, counted as unsaved
-            carry.unsaved = 0 if loaded is None or loaded.current else len(loaded.extra_ids) + loaded.dropped + 1
+            carry.unsaved = 0 if loaded is None or loaded.current else len(loaded.extra_ids) + loaded.dropped
     lazy = LazyEmbedder(embedder)
     writer = Writer(store, base, lazy, work, report, dropped)
     reader = (make_reader or Reader)(lazy, settings, store.find_by_hash)
@@ -507,7 +507,9 @@ def _save(
     else:
         generation = writer.generation
         current = loaded is not None and loaded.current and not loaded.rebuilt and loaded.generation == generation
-        deferred = carry is not None and _defer(carry, writer.changed, path)
+        if carry is not None:
+            carry.unsaved += writer.changed
+        deferred = carry is not None and _defer(carry, path)
     if carry is not None:
         carry.index, carry.generation, carry.dropped = index, generation, dropped
     if not current and not deferred:
@@ -517,9 +519,8 @@ def _save(
     on_progress(Progress("save", 1, 1))
 
 
-def _defer(carry: Carry, changed: int, path: Path) -> bool:
-    """Whether to leave a large file as it is for now, counting this run's changes as unsaved."""
-    carry.unsaved += changed
+def _defer(carry: Carry, path: Path) -> bool:
+    """Whether to leave the file as it is for now: nothing unsaved, or a large file and little unsaved."""
     if not carry.unsaved:
         return True  # nothing changed since the file was written
     try:
