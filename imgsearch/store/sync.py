@@ -72,8 +72,11 @@ class Loaded:
     @property
     def current(self) -> bool:
         """As a writer leaves it: exact, or holding a few images that are gone because it cannot remove them."""
-        if len(self.extra_ids) or self.kind_wanted:
-            return False
+        return not len(self.extra_ids) and not self.kind_wanted and self.keeps_dropped
+
+    @property
+    def keeps_dropped(self) -> bool:
+        """The images gone since may stay in the base: none, or up to MAX_KEPT_GONE in one that cannot remove."""
         return not self.dropped or (not self.index.supports_remove and self.dropped <= MAX_KEPT_GONE)
 
     def __len__(self) -> int:
@@ -139,7 +142,7 @@ def caught_up(loaded: Loaded) -> FaissIndex | None:
     """The base with the images added since it was written, for a writer to go on changing; None when it must
     be rebuilt: of the wrong kind, or holding images that are gone and that it could remove (their ids are not
     known without a scan) or too many that it cannot (HNSW keeps up to MAX_KEPT_GONE; see Loaded.dropped)."""
-    if loaded.kind_wanted or (loaded.dropped and (loaded.index.supports_remove or loaded.dropped > MAX_KEPT_GONE)):
+    if loaded.kind_wanted or not loaded.keeps_dropped:
         return None
     loaded.index.add(loaded.extra_ids, loaded.extra)
     return loaded.index
