@@ -113,8 +113,9 @@ class Library:
         return self._embedder
 
     def _generation_embedder(self) -> Embedder:
-        """Generation differentiates through CLIP: the PyTorch model, even where ONNX Runtime serves search."""
-        if hasattr(self.embedder, "model"):
+        """Generation differentiates through CLIP: the PyTorch model (fp32 on the CPU), even where OpenVINO or
+        ONNX Runtime serves search."""
+        if self.embedder.runtime == "pytorch" and self.embedder.precision != "bf16":
             return self.embedder
         with self._loading:
             if self._torch_embedder is None:
@@ -884,6 +885,8 @@ class Library:
     def status(self) -> Status:
         import sqlite3  # the library SQLAlchemy's pysqlite driver runs on
 
+        from imgsearch.embed.cpu import cpu_info
+        from imgsearch.embed.loading import plan, torch_installed
         from imgsearch.store.sync import choose_params
 
         store = self.store
@@ -895,6 +898,7 @@ class Library:
         else:
             index_type = store.get_meta("index_type") or choose_params(self.settings.search, count).kind
             database_bytes, index_bytes = _size(self.settings.database_path), _size(self.settings.vector_index_path)
+        runtime, decision = plan(self.settings)
         return Status(
             home=str(self.settings.home),
             images=count,
@@ -908,6 +912,11 @@ class Library:
             roots=tuple(store.roots()),
             sqlite_version="" if store.postgres else sqlite3.sqlite_version,
             database=store.name,
+            runtime=runtime,
+            precision=decision.precision if decision else "",
+            precision_reason=decision.reason if decision else "bf16 or fp32: a probe decides on first use",
+            cpu=cpu_info().describe(),
+            generation_available=torch_installed(),
         )
 
     def skipped(self) -> list[Skipped]:

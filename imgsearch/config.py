@@ -50,16 +50,23 @@ class ModelSettings:
     name: str = _opt("ViT-B-32", "open_clip architecture (`imgsearch models` lists them)")
     pretrained: str = _opt(
         "laion2b_s34b_b79k",
-        "a pretrained tag of model.name (fetched and cached on first use) or a local checkpoint file",
+        "a pretrained tag of model.name (fetched and cached on first use: its ONNX export from the hub, or its "
+        "checkpoint where torch is installed), a local checkpoint file, or a local folder of ONNX exports",
     )
     config_file: str = _opt("", "JSON open_clip model config for an architecture open_clip does not ship")
     backend: str = _opt(
         "auto",
-        "auto (onnx on the CPU, open_clip on CUDA), open_clip (PyTorch) or onnx (ONNX Runtime, CPU; exported once)",
-        ("auto", "open_clip", "onnx"),
+        "auto (OpenVINO on the CPU, ONNX Runtime for int8, PyTorch on CUDA), openvino, onnx (ONNX Runtime, CPU) "
+        "or open_clip (PyTorch); the CPU runtimes read ONNX files: a hub export, or our own made once with torch",
+        ("auto", "openvino", "onnx", "open_clip"),
     )
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    precision: str = _opt("auto", "auto (fp16 autocast on CUDA, fp32 on CPU), fp32 or fp16", ("auto", "fp32", "fp16"))
+    precision: str = _opt(
+        "auto",
+        "auto (fp16 on CUDA; on the CPU bf16 where it has AMX or AVX512_BF16 and a probe agrees with fp32, else fp32), "
+        "fp32, bf16, int8 (ONNX Runtime, CPU; opt-in: embeddings move more) or fp16 (CUDA)",
+        ("auto", "fp32", "bf16", "int8", "fp16"),
+    )
     cache_dir: str = _opt("", "where downloaded weights and ONNX exports are kept; empty: HOME/models")
     download_timeout: float = _opt(5.0, "seconds to wait for the weights server before giving up")
 

@@ -172,6 +172,10 @@ def status(s: Status) -> str:
         ("last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated_at)) if s.updated_at else "never"),
         ("folders", ", ".join(s.roots) or "-"),
     ]
+    if s.runtime:
+        rows.append(("runtime", f"{s.runtime} {s.precision or '(precision not decided yet)'}"))
+        rows.append(("precision", s.precision_reason))
+        rows.append(("cpu", s.cpu))
     if s.sqlite_version:
         rows.append(("sqlite", s.sqlite_version))
     return table(rows)

@@ -121,6 +121,11 @@ class Status:
     roots: tuple[str, ...]
     sqlite_version: str = ""  # the SQLite library in use (below 3.51.3: WAL-reset bug, harmless with one writer)
     database: str = ""  # where metadata and vectors live: the SQLite file, or the PostgreSQL URL (no password)
+    runtime: str = ""  # what runs the configured model here: openvino, onnxruntime, pytorch-cpu or pytorch-cuda
+    precision: str = ""  # fp32, bf16, int8, fp16; empty while a probe on first use is still to decide
+    precision_reason: str = ""  # why that precision
+    cpu: str = ""  # the CPU, with the flags precision depends on
+    generation_available: bool = True  # generation runs CLIP in PyTorch: the `torch` extra is installed
 
 
 @dataclass(frozen=True)

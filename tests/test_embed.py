@@ -21,7 +21,7 @@ from tests.conftest import SAMPLES
 def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     settings = load_settings(
         tmp_path_factory.mktemp("h"),
-        overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"},
+        overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip", "model.precision": "fp32"},
         environ={},
     )
     return load_embedder(settings)

@@ -1,6 +1,6 @@
-"""The ONNX Runtime backend against open_clip itself: the same embeddings (ViT-B-32, random init), the same
-rankings (the tiny trained model), the same token ids; exported once, then loaded without torch; a damaged
-export is exported again."""
+"""The torch-free runtimes (OpenVINO, ONNX Runtime) against open_clip itself: the same embeddings (ViT-B-32,
+random init), the same rankings (the tiny trained model), the same token ids; exported once, then loaded
+without torch; a damaged export is exported again."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from PIL import Image
 
 from imgsearch import Library, load_settings
 from imgsearch.config import Settings
-from imgsearch.embed import configured_model_id, load_embedder, load_torch_embedder, onnx
+from imgsearch.embed import configured_model_id, export, folder, load_embedder, load_torch_embedder
 from imgsearch.embed.bpe import MERGES_FILE, ClipTokenizer
+from imgsearch.embed.onnx import OnnxEmbedder
 from imgsearch.embed.openclip import OpenClipEmbedder
+from imgsearch.embed.openvino import OpenVinoEmbedder
 from imgsearch.errors import ConfigError, WeightsError
 from tests import tinyclip
 from tests.conftest import SAMPLES, draw_shapes, tiny_overrides
@@ -32,11 +34,22 @@ def _settings(home: Path, cache: Path, **overrides: str) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def vitb32_models(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """(onnx, torch, settings) for the random-init ViT-B-32; the export is made here, once."""
+def vitb32_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vitb32-models")
+
+
+@pytest.fixture(scope="module", params=["openvino", "onnx"])
+def vitb32_models(request, vitb32_checkpoint: Path, vitb32_cache: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """(served, torch, settings) for the random-init ViT-B-32 on each torch-free runtime at fp32; the export is made
+    once, for both."""
     home = tmp_path_factory.mktemp("h")
-    settings = _settings(home, home / "models", **{"model.pretrained": str(vitb32_checkpoint), "model.backend": "onnx"})
+    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": request.param, "model.precision": "fp32"}
+    settings = _settings(home, vitb32_cache, **overrides)
     return load_embedder(settings), load_torch_embedder(settings), settings
+
+
+def _cache_folder(settings: Settings) -> Path:
+    return folder.cache_folder(settings, configured_model_id(settings))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +72,7 @@ def _pictures() -> list[Image.Image]:
     images = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
     base = images[0]
     images += [base.resize(size, Image.Resampling.BILINEAR) for size in [(37, 53), (224, 224), (225, 223), (1001, 97)]]
-    images.append(onnx.probe_image())
+    images.append(folder.probe_image())
     return images
 
 
@@ -68,11 +81,15 @@ def _pictures() -> list[Image.Image]:
 
 def test_the_model_facts_are_the_same(vitb32_models) -> None:  # type: ignore[no-untyped-def]
     ox, pt, settings = vitb32_models
-    assert isinstance(ox, onnx.OnnxEmbedder) and isinstance(pt, OpenClipEmbedder)
+    assert isinstance(ox, OnnxEmbedder | OpenVinoEmbedder) and isinstance(pt, OpenClipEmbedder)
+    assert ox.precision == "fp32" and ox.runtime == {"onnx": "onnxruntime"}.get(settings.model.backend, "openvino")
     for attr in ("model_id", "dim", "input_size", "logit_bias"):
         assert getattr(ox, attr) == getattr(pt, attr), attr
     assert ox.logit_scale == pytest.approx(pt.logit_scale)
-    ids = {b: configured_model_id(_with(settings, **{"model.backend": b})) for b in ("auto", "onnx", "open_clip")}
+    ids = {
+        b: configured_model_id(_with(settings, **{"model.backend": b}))
+        for b in ("auto", "openvino", "onnx", "open_clip")
+    }
     assert set(ids.values()) == {pt.model_id}, "the index would think the model changed"
 
 
@@ -111,8 +128,9 @@ def test_text_embeddings_match_pytorch(vitb32_models) -> None:  # type: ignore[n
     assert ox.embed_texts([]).shape == (0, 512) and ox.embed_images([]).shape == (0, 512)
 
 
-def test_the_tiny_model_ranks_the_same(tiny, tiny_onnx, tiny_embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_tiny_model_ranks_the_same(tiny, tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Search over ONNX embeddings returns what search over PyTorch embeddings does, in the same order."""
+    tiny_embedder = load_torch_embedder(_settings(tmp_path, tmp_path / "models", **tiny_overrides(tiny)))
     labels = draw_shapes(tmp_path / "pics", per_class=3, seed=7)
     images = [Image.open(p).convert("RGB") for p in labels]
     by_onnx, by_torch = tiny_onnx.embed_images(images), tiny_embedder.embed_images(images)
@@ -131,7 +149,7 @@ def test_a_library_on_the_onnx_backend_finds_the_right_shapes(tiny, tiny_cache: 
     overrides = {**tiny_overrides(tiny), "model.backend": "onnx", "model.cache_dir": str(tiny_cache)}
     with Library(load_settings(home, overrides=overrides)) as lib:
         lib.index([folder])
-        assert isinstance(lib.embedder, onnx.OnnxEmbedder)
+        assert isinstance(lib.embedder, OnnxEmbedder)
         hits = lib.query("a blue triangle", k=2)
         assert [labels[h.path] for h in hits] == ["a blue triangle"] * 2
 
@@ -146,8 +164,8 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 def test_a_new_process_loads_the_export_without_torch(vitb32_models) -> None:  # type: ignore[no-untyped-def]
     """The cold query path: the cached export alone, no torch or open_clip import, and no export again."""
     ox, _, settings = vitb32_models
-    folder = onnx.cache_folder(settings)
-    before = _files(folder)
+    export_folder = _cache_folder(settings)
+    before = _files(export_folder)
     script = (
         "import json, sys\n"
         "from imgsearch import load_settings\n"
@@ -157,8 +175,8 @@ def test_a_new_process_loads_the_export_without_torch(vitb32_models) -> None:  #
         "print(json.dumps({'mods': sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules),"
         " 'v': v.tolist()}))\n"
     )
-    for backend in ("onnx", "auto"):
-        overrides = {**_model_of(settings), "model.backend": backend, "model.device": "cpu"}
+    for backend in ("onnx", "openvino", "auto"):
+        overrides = {**_model_of(settings), "model.backend": backend, "model.device": "cpu", "model.precision": "fp32"}
         done = subprocess.run(
             [sys.executable, "-c", script, str(settings.home), json.dumps(overrides)],
             cwd=ROOT,
@@ -170,17 +188,17 @@ def test_a_new_process_loads_the_export_without_torch(vitb32_models) -> None:  #
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["mods"] == [], f"{backend}: imported {result['mods']}"
         assert float(np.dot(result["v"], ox.embed_texts(["a photo of a cat"])[0])) > 0.99999
-    assert _files(folder) == before, "the model was exported again"
+    assert _files(export_folder) == before, "the model was exported again"
 
 
 def test_the_manifest_records_what_loading_needs(vitb32_models) -> None:  # type: ignore[no-untyped-def]
     ox, _, settings = vitb32_models
-    manifest = json.loads((onnx.cache_folder(settings) / onnx.MANIFEST).read_text())
+    manifest = json.loads((_cache_folder(settings) / folder.MANIFEST).read_text())
     assert manifest["status"] == "ok" and manifest["model_id"] == ox.model_id
     assert manifest["context_length"] == 77 and manifest["preprocess"]["size"] == [224, 224]
     assert manifest["preprocess"]["interpolation"] == "bicubic" and manifest["preprocess"]["resize_mode"] == "shortest"
     assert min(manifest["parity"].values()) >= 0.999
-    assert {"torch", "open_clip_torch", "onnxruntime"} <= set(manifest["versions"])
+    assert {"torch", "open_clip_torch", "openvino", "onnxruntime"} <= set(manifest["versions"])
     assert MERGES_FILE in manifest["files"] and "text.onnx" in manifest["files"]
 
 
@@ -190,23 +208,23 @@ def _tiny_copy(tiny, tiny_cache: Path, tiny_onnx, tmp_path: Path) -> tuple[Setti
 
     shared = _settings(tmp_path, tiny_cache, **tiny_overrides(tiny), **{"model.backend": "onnx"})
     settings = _settings(tmp_path, tmp_path / "models", **tiny_overrides(tiny), **{"model.backend": "onnx"})
-    shutil.copytree(onnx.cache_folder(shared), onnx.cache_folder(settings))
-    return settings, onnx.cache_folder(settings)
+    shutil.copytree(_cache_folder(shared), _cache_folder(settings))
+    return settings, _cache_folder(settings)
 
 
 def test_a_truncated_export_is_exported_again(tiny, tiny_cache: Path, tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings, folder = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
-    data = folder / "image.onnx.data" if (folder / "image.onnx.data").exists() else folder / "image.onnx"
+    settings, copy = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
+    data = copy / "image.onnx.data" if (copy / "image.onnx.data").exists() else copy / "image.onnx"
     data.write_bytes(data.read_bytes()[:100])
     again = load_embedder(settings)
-    image = onnx.probe_image()
+    image = folder.probe_image()
     assert data.stat().st_size > 100
     np.testing.assert_allclose(again.embed_images([image]), tiny_onnx.embed_images([image]), atol=1e-5)
 
 
 def test_a_damaged_export_is_exported_again(tiny, tiny_cache: Path, tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings, folder = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
-    graph = folder / "text.onnx"
+    settings, copy = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
+    graph = copy / "text.onnx"
     graph.write_bytes(b"\xff" * graph.stat().st_size)  # same size: only onnxruntime can tell
     again = load_embedder(settings)
     np.testing.assert_allclose(again.embed_texts(["a red circle"]), tiny_onnx.embed_texts(["a red circle"]), atol=1e-5)
@@ -214,20 +232,21 @@ def test_a_damaged_export_is_exported_again(tiny, tiny_cache: Path, tiny_onnx, t
 
 
 def test_a_damaged_export_that_cannot_be_redone_is_one_line(tiny, tiny_cache: Path, tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _, folder = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
-    (folder / "text.onnx").write_bytes(b"\xff" * 64)
-    manifest = json.loads((folder / onnx.MANIFEST).read_text())
-    with pytest.raises(WeightsError, match=r"^model.cache_dir: the ONNX export .*text.onnx cannot be read") as err:
-        onnx.OnnxEmbedder(folder, manifest).embed_texts(["x"])
+    _, copy = _tiny_copy(tiny, tiny_cache, tiny_onnx, tmp_path)
+    (copy / "text.onnx").write_bytes(b"\xff" * 64)
+    model = folder.from_manifest(copy, json.loads((copy / folder.MANIFEST).read_text()))
+    for served in (OnnxEmbedder(model), OpenVinoEmbedder(model, "fp32")):
+        with pytest.raises(WeightsError, match=r"^model.cache_dir: the ONNX export .*text.onnx cannot be read") as err:
+            served.embed_texts(["x"])
     assert "\n" not in str(err.value)
 
 
 def test_a_model_onnx_cannot_serve_stays_on_pytorch_with_auto(tiny, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(onnx, "_tokenizer_problem", lambda embedder: "its tokenizer (HFTokenizer) is not CLIP's BPE")
+    monkeypatch.setattr(export, "tokenizer_problem", lambda embedder: "its tokenizer (HFTokenizer) is not CLIP's BPE")
     settings = _settings(tmp_path, tmp_path / "models", **tiny_overrides(tiny), **{"model.device": "cpu"})
     with pytest.raises(ConfigError, match=r"^model.backend: onnx cannot serve .*HFTokenizer.*model.backend=auto"):
         load_embedder(_with(settings, **{"model.backend": "onnx"}))
-    monkeypatch.setattr(onnx, "export", lambda *a: pytest.fail("the refusal is remembered; no second export"))
+    monkeypatch.setattr(export, "export", lambda *a: pytest.fail("the refusal is remembered; no second export"))
     assert isinstance(load_embedder(_with(settings, **{"model.backend": "auto"})), OpenClipEmbedder)
 
 

@@ -1,7 +1,8 @@
-"""Embedders: the protocol, and the registry of implementations by `model.backend`.
+"""Embedders: the protocol, and the registry of backends by `model.backend`.
 
-torch and open_clip are imported only by the implementations, and only when a model is loaded; the onnx
-implementation imports them only to export a model, the first time it is used.
+torch and open_clip are imported only by the PyTorch implementation (embed/openclip.py), and by our ONNX export
+(embed/export.py), which needs the `torch` extra; on the CPU the model is served from ONNX files by OpenVINO or
+ONNX Runtime without them (embed/loading.py says which files and runtime, embed/precision.py which precision).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Embedder(Protocol):
     input_size: int  # the model's square input side, for scaled decoding
     logit_scale: float  # cosine -> logit, as the model was trained (100 for OpenAI's CLIP)
     logit_bias: float | None  # set for sigmoid-loss models (SigLIP): label probabilities are independent
+    runtime: str  # openvino, onnxruntime or pytorch
+    precision: str  # fp32, bf16, int8 or fp16
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """CPU preprocessing of one RGB image to the model's input array. Thread-safe."""
@@ -38,50 +41,58 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
+    def describe(self) -> str:
+        """Runtime, precision and device, e.g. "openvino bf16 on the CPU"."""
+        ...
+
+
+def _any(settings: Settings) -> Embedder:
+    from imgsearch.embed import loading
+
+    return loading.load(settings)
+
 
 def _open_clip(settings: Settings) -> Embedder:
-    from imgsearch.embed.openclip import OpenClipEmbedder
+    from imgsearch.embed import loading
 
-    return OpenClipEmbedder.from_settings(settings)
-
-
-def _onnx(settings: Settings) -> Embedder:
-    from imgsearch.embed import onnx
-
-    return onnx.load(settings, fallback=False)
+    return loading.torch_embedder(settings)
 
 
-def _auto(settings: Settings) -> Embedder:
-    from imgsearch.embed import onnx
-
-    return onnx.load_auto(settings)
-
-
-def _open_clip_id(settings: Settings) -> str:
-    from imgsearch.embed.weights import model_id
-
-    return model_id(settings.model)
-
-
-# backend -> (loader, cheap model id without loading the model). Every backend serves the same model
-# with the same embeddings, so they share one id: switching backends never invalidates an index.
-BACKENDS: dict[str, tuple[Callable[[Settings], Embedder], Callable[[Settings], str]]] = {
-    "open_clip": (_open_clip, _open_clip_id),
-    "onnx": (_onnx, _open_clip_id),
-    "auto": (_auto, _open_clip_id),
+# backend -> loader. Every backend serves the same model with the same embeddings (to a cosine of 0.999), so
+# they share one model id: switching backends or precisions never invalidates an index.
+BACKENDS: dict[str, Callable[[Settings], Embedder]] = {
+    "auto": _any,  # OpenVINO on the CPU (ONNX Runtime for int8), PyTorch on CUDA
+    "openvino": _any,
+    "onnx": _any,  # ONNX Runtime
+    "open_clip": _open_clip,
 }
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    return BACKENDS[settings.model.backend][0](settings)
+    return BACKENDS[settings.model.backend](settings)
 
 
 def load_torch_embedder(settings: Settings) -> Embedder:
-    """The open_clip (PyTorch) embedder of the configured model, whatever model.backend says (generation needs
-    a differentiable model)."""
-    return _open_clip(settings)
+    """The open_clip (PyTorch) embedder of the configured model, whatever model.backend says: generation
+    differentiates through it. fp32 on the CPU (gradients in bf16 are too coarse), fp16 autocast on CUDA."""
+    from imgsearch.embed import loading
+
+    if not loading.torch_installed():
+        raise _generation_needs_torch()
+    from imgsearch.embed.openclip import resolve_device
+
+    cuda = resolve_device(settings.model.device).type == "cuda"
+    return loading.torch_embedder(settings, None if cuda else "fp32")
+
+
+def _generation_needs_torch() -> Exception:
+    from imgsearch.errors import ConfigError
+
+    return ConfigError("generate: generation runs CLIP in PyTorch: pip install 'imgsearch[torch]'")
 
 
 def configured_model_id(settings: Settings) -> str:
     """The id the configured model will report, computed without loading it."""
-    return BACKENDS[settings.model.backend][1](settings)
+    from imgsearch.embed import loading
+
+    return loading.configured_model_id(settings)

@@ -10,7 +10,9 @@ import numpy as np
 import open_clip
 import torch
 
+from imgsearch.embed import precision as precision_module
 from imgsearch.embed import weights
+from imgsearch.embed.folder import PROBE_TEXTS, probe_images
 from imgsearch.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -29,36 +31,64 @@ class OpenClipEmbedder:
         tokenizer: Callable[[Sequence[str]], torch.Tensor],
         model_id: str,
         device: torch.device,
-        fp16: bool = False,
+        precision: str = "fp32",
     ):
         self.model: Any = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = device
-        self.fp16 = fp16
+        self.precision = precision
+        self.runtime = "pytorch"
         self.input_size = _input_size(model)
         self.logit_scale, self.logit_bias = _logit_params(self.model)
         self.dim = int(self.embed_texts(["probe"]).shape[1])
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OpenClipEmbedder:
+    def from_settings(cls, settings: Settings, precision: str | None = None) -> OpenClipEmbedder:
+        """The configured model; precision (fp32, bf16, fp16) overrides model.precision, which `auto` decides
+        here: fp16 autocast on CUDA, bf16 on a CPU that has it and passes the probe (embed/precision.py), else fp32."""
         ms = settings.model
         weights.register_architecture(ms)
         resolved = weights.resolve(ms, settings.model_cache_dir)
-        device = _device(ms.device)
+        device = resolve_device(ms.device)
         model, preprocess = _create(ms.name, resolved, device)
-        fp16 = ms.precision == "fp16" or (ms.precision == "auto" and device.type == "cuda")
-        if fp16 and device.type != "cuda":
-            raise ConfigError("model.precision: fp16 needs a CUDA device; use fp32 or auto on the CPU")
         tokenizer = open_clip.get_tokenizer(ms.name)
-        return cls(model, preprocess, tokenizer, weights.model_id(ms), device, fp16)
+        model_id = weights.model_id(ms)
+        fp32 = cls(model, preprocess, tokenizer, model_id, device)
+        if precision is None:
+            runtime = f"pytorch-{device.type}"
+            precision = precision_module.decide(settings, runtime, model_id, fp32.bf16_probe).precision
+        if precision == "fp32":
+            return fp32
+        if precision == "bf16" and device.type == "cpu":
+            model = model.to(torch.bfloat16)  # oneDNN runs bf16 weights on AMX / AVX512_BF16
+        return cls(model, preprocess, tokenizer, model_id, device, precision)
+
+    def bf16_probe(self) -> float:
+        """The least cosine between this (fp32) model's embeddings of the probe batch and a bf16 copy's."""
+        import copy
+
+        lower = OpenClipEmbedder(
+            copy.deepcopy(self.model).to(torch.bfloat16), self.preprocess, self.tokenizer, self.model_id, self.device,
+            "bf16",
+        )  # fmt: skip
+        images, texts = probe_images(), list(PROBE_TEXTS)
+        return min(
+            precision_module.min_cosine(self.embed_images(images), lower.embed_images(images)),
+            precision_module.min_cosine(self.embed_texts(texts), lower.embed_texts(texts)),
+        )
+
+    def describe(self) -> str:
+        return f"pytorch {self.precision} on {self.device}"
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         return self.preprocess(image).numpy()
 
     def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if self.precision == "bf16" and self.device.type == "cpu":
+            pixels = pixels.to(torch.bfloat16)
         with torch.inference_mode(), self._autocast():
             return _normalised(self.model.encode_image(pixels))
 
@@ -71,7 +101,9 @@ class OpenClipEmbedder:
             return _normalised(self.model.encode_text(tokens))
 
     def _autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
+        if self.device.type != "cuda" or self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
 
 
 def _create(name: str, resolved: weights.ResolvedWeights, device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -96,7 +128,7 @@ def _load_failure(name: str, path: str, exc: Exception) -> str:
     return f"model.pretrained: cannot load checkpoint {path} ({first})"
 
 
-def _device(setting: str) -> torch.device:
+def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

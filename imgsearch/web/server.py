@@ -169,6 +169,8 @@ class StatusOut(BaseModel):
     public: bool
     page_size: int
     generation_available: bool = True
+    runtime: str = ""  # what runs the model here (openvino, onnxruntime, pytorch-cpu, pytorch-cuda)
+    precision: str = ""  # fp32, bf16, int8 or fp16; empty until a probe on first use decides
 
 
 class Problem(BaseModel):
@@ -259,6 +261,9 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
             index_type=st.index_type,
             public=public,
             page_size=page_size,
+            generation_available=st.generation_available,
+            runtime=st.runtime,
+            precision=st.precision,
         )
 
     @api.get("/api/search", response_model=PageOut, responses=ERRORS, summary="Search by text, tags, or browse")
