@@ -952,6 +952,13 @@ class Library:
         return MigrateReport(source.name, target.name, count, time.monotonic() - started, use)
 
 
+def models(name: str | None = None) -> list[str]:
+    """Model names, or NAME's pretrained tags (`imgsearch models`)."""
+    from imgsearch.embed import catalogue
+
+    return catalogue(name)
+
+
 class _QueryEncoder:
     """Text embeddings of prompts seen before come from the database, so a repeated query never loads
     the model (nor imports torch); new prompts go through the model and are remembered."""

@@ -545,13 +545,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, public: bool, 
 @cli.command()
 @click.argument("name", required=False)
 def models(name: str | None) -> None:
-    """List open_clip architectures, or the pretrained tags of NAME."""
-    import open_clip
+    """List model names, or the pretrained tags of NAME ("(onnx)": a ready export runs without torch)."""
+    from imgsearch.app import models as catalogue
 
-    if name:
-        click.echo("\n".join(open_clip.list_pretrained_tags_by_model(name)) or f"no pretrained tags for {name}")
-    else:
-        click.echo("\n".join(open_clip.list_models()))
+    found = catalogue(name)
+    click.echo("\n".join(found) or f"no pretrained tags for {name}")
 
 
 @contextmanager

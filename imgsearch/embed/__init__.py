@@ -96,3 +96,18 @@ def configured_model_id(settings: Settings) -> str:
     from imgsearch.embed import loading
 
     return loading.configured_model_id(settings)
+
+
+def catalogue(name: str | None = None) -> list[str]:
+    """Model names (or NAME's pretrained tags): open_clip's where torch is installed, else those with a ready ONNX
+    export on the hub. A tag or name with such an export runs without torch; it is marked " (onnx)"."""
+    from imgsearch.embed import hub, loading
+
+    ready = hub.published()
+    if not loading.torch_installed():
+        return ready.get(name, []) if name else sorted(ready)
+    import open_clip
+
+    if name:
+        return [t + (" (onnx)" if hub.repo_for(name, t) else "") for t in open_clip.list_pretrained_tags_by_model(name)]
+    return [n + (" (onnx)" if n in ready else "") for n in open_clip.list_models()]

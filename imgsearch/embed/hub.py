@@ -94,3 +94,12 @@ def _endpoint() -> str:
     from huggingface_hub import constants
 
     return str(constants.ENDPOINT)
+
+
+def published() -> dict[str, list[str]]:
+    """Model name -> the tags the hub has ready ONNX exports of, in open_clip's spelling where it differs."""
+    out: dict[str, list[str]] = {}
+    for entry in MODELS:
+        name, tag = entry.split("__")
+        out.setdefault(name, []).append(tag.replace("-", "_") if tag.count("-") >= 2 else tag)
+    return out

@@ -257,7 +257,10 @@ def torch_embedder_for_export(settings: Settings) -> OpenClipEmbedder:
 
 
 def _installed(module: str) -> bool:
-    return module in sys.modules or importlib.util.find_spec(module) is not None
+    try:
+        return module in sys.modules or importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or a finder that refuses the name: not usable
+        return False
 
 
 def _wants_cuda(device: str) -> bool:

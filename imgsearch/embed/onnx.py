@@ -8,6 +8,7 @@ AVX512_VNNI) but changes embeddings more than bf16 does, so it is never chosen b
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -92,7 +93,11 @@ def quantized(source: Path, target: Path) -> Path:
     staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(source), str(staging), weight_type=QuantType.QInt8)
+        logging.disable(logging.WARNING)  # the quantiser logs advice to the root logger: the core never prints
+        try:
+            quantize_dynamic(str(source), str(staging), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
         staging.rename(target)
     except OSError as exc:
         why = exc.strerror or str(exc)
@@ -101,9 +106,3 @@ def quantized(source: Path, target: Path) -> Path:
         with contextlib.suppress(OSError):
             staging.unlink()
     return target
-
-
-def available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None

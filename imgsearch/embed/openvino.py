@@ -90,9 +90,3 @@ def threads() -> int:
     usable = usable_cores()
     cap = os.environ.get("OMP_NUM_THREADS", "")
     return int(cap) if cap.isdigit() and 0 < int(cap) < usable else usable
-
-
-def available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
