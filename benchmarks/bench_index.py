@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--size", default="4000x3000", help="pixel size of the generated JPEGs")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--backend", default="auto", help="model.backend (auto, openvino, onnx, open_clip)")
+    ap.add_argument("--precision", default="auto", help="model.precision (auto, fp32, bf16, int8)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imgsearch-bench")
     args = ap.parse_args()
 
@@ -115,6 +117,8 @@ def main() -> None:
         "model.pretrained": str(checkpoint),
         "index.batch_size": str(args.batch),
         "index.workers": str(args.workers),
+        "model.backend": args.backend,
+        "model.precision": args.precision,
     }
     with tempfile.TemporaryDirectory() as home:
         settings = load_settings(home, overrides=overrides, environ={})
@@ -123,13 +127,16 @@ def main() -> None:
         a, model_ms = model_only(embedder, min(files, args.count) if not args.folder else files, args.batch)
         reader_ms = reader_only(embedder, settings, folder)
         b, n = pipeline(embedder, settings, folder)
+    from imgsearch.embed.cpu import cpu_info
+
     cores = len(os.sched_getaffinity(0))
-    print(f"model {args.model}  batch {args.batch}  cores {cores}  device {embedder.device}")
+    print(f"cpu: {cpu_info().describe()}")
+    print(f"model {args.model}  batch {args.batch}  cores {cores}  runtime: {embedder.describe()}")
     print(f"folder {folder}  images {n}")
     print(f"(a) model only       {a:7.2f} images/s  ({model_ms:.1f} CPU-ms an image)")
     print(f"(b) whole pipeline   {b:7.2f} images/s")
     print(f"ratio b/a            {b / a:7.3f}")
-    if embedder.device == "cpu":
+    if str(embedder.device) == "cpu":
         # Model and reader share the cores: with every core busy all the time, an image costs both CPU times;
         # and the pipeline is never faster than the model alone (when the model leaves cores to the reader).
         bound = min(a, 1000 * cores / (model_ms + reader_ms))
