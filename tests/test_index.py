@@ -73,6 +73,26 @@ def test_changed_deleted_renamed_and_copied_files(lib: Library, shapes) -> None:
     np.testing.assert_array_equal(by_id[now[str(folder / "copies" / "copy.png")]], by_id[now[paths[3]]])
 
 
+def test_a_move_seen_without_its_source_keeps_its_row(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    """`watch` may index a move's destination in a pass that does not hold its source (an unpaired move is a
+    deletion and a creation to watchdog; a pass mid-burst takes complete files only): a file whose twin is gone
+    from disk is that twin moved, not a copy. A second copy of the same content is a copy."""
+    folder, labels = shapes
+    lib.index([folder])
+    source = Path(sorted(labels)[0])
+    before = lib.image_id_of(source)
+    (folder / "moved").mkdir()
+    moved, copy = folder / "moved" / "a.png", folder / "moved" / "b.png"
+    shutil.copy(source, copy)
+    source.rename(moved)
+    report = lib.index([str(copy), str(moved)])  # the destinations only, as watch's pass may hold them
+    assert (report.embedded, report.renamed, report.copied) == (0, 1, 1)
+    assert before in {lib.image_id_of(moved), lib.image_id_of(copy)} and lib.image_id_of(source) is None
+    again = lib.index([folder])  # the pass with the source's deletion: nothing left to remove
+    assert (again.removed, again.embedded) == (0, 0) and lib.store.count() == len(labels) + 1
+    assert faiss_ids(lib) == sqlite_ids(lib)
+
+
 def test_touched_file_is_not_re_embedded(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
     folder, labels = shapes
     lib.index([folder])

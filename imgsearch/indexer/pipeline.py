@@ -267,6 +267,7 @@ class Writer:
         self.generation = store.generation()
         self.index_stale = index is None
         self.embedded_hashes: set[str] = set()
+        self.moved_rows: set[int] = set()  # rows given a new path in this run: a second copy of them is a copy
 
     def accept(self, r: Read) -> None:
         if r.fresh and r.content_hash in self.embedded_hashes:
@@ -369,9 +370,15 @@ class Writer:
     ) -> None:
         e = r.entry
         moved = [d for d in r.duplicates if self.plan.missing.get(d.path) == d]
+        if not moved:
+            # Its twin's file may be gone from disk in a change this pass does not cover: `watch` can see a move's
+            # destination apart from its source (watchdog reports a move it could not pair as a deletion and a
+            # creation, and a pass during a burst takes complete files only). That is a move too.
+            moved = [d for d in r.duplicates if d.id not in self.moved_rows and not os.path.lexists(d.path)]
         if moved:  # renamed: keep the row, its id and its vector
             dup = moved[0]
-            del self.plan.missing[dup.path]
+            self.plan.missing.pop(dup.path, None)
+            self.moved_rows.add(dup.id)
             self.store.forget_skipped(conn, [e.path])
             if r.old is not None:
                 self.store.delete_images(conn, [r.old.id])
