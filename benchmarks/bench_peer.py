@@ -86,6 +86,14 @@ def main() -> None:
         rclip_q.append(timed([harness, "query", str(folder), str(args.work / "rclip"), args.query])[0])
         ours_q.append(timed([*imgsearch, "query", "-k", "10", args.query], env)[0])
 
+    import json
+
+    from imgsearch.embed.cpu import cpu_info
+
+    status = json.loads(timed([*imgsearch, "status", "--json"], env)[1])
+    print(f"cpu: {cpu_info().describe()}")
+    print(f"imgsearch runtime: {status['runtime']} {status['precision']} ({status['precision_reason']})")
+    print("rclip runtime: onnxruntime fp32 (its own ONNX export), batch 8")
     print(f"folder {folder}: {images} JPEGs; model {MODEL} (random init), CPU threads {os.cpu_count()}")
     print(f"imgsearch one-time ONNX export (+ indexing one image): {export:.1f} s")
     print(f"index  rclip     {rclip_index:6.1f} s  {rclip_count / rclip_index:6.2f} images/s  ({rclip_count} images)")

@@ -109,7 +109,8 @@ def measure(n: int, work: Path, checkpoint: Path) -> None:
     finally:
         server.terminate()
         server.wait(60)
-    print(f"\n{n:,} vectors (index: {status['index_type']}, {status['index_bytes'] / 2**20:.0f} MB file; "
+    print(f"\nruntime: {status['runtime']} {status['precision']} ({status['precision_reason']}); cpu: {status['cpu']}")
+    print(f"{n:,} vectors (index: {status['index_type']}, {status['index_bytes'] / 2**20:.0f} MB file; "
           f"filled in {filled:.0f} s; first query, building the index: {first:.1f} s)")  # fmt: skip
     print(f"  cold `imgsearch query`, prompt seen before: median {statistics.median(cold_cached):.2f} s")
     print(f"  cold `imgsearch query`, new prompt (loads the model): median {statistics.median(cold_new):.2f} s")

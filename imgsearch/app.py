@@ -326,7 +326,9 @@ class Library:
         if tags and not text.strip() and not images:
             return self.tagged(tags, k=k, path_prefix=path_prefix)
         terms = self.parse_query(text, images, files_in_text)
-        if ask_server and all(t.kind == "text" for t in terms):
+        # the file a running server announces itself in: without it, the client (and http.client) is not imported
+        served_here = self.settings.serve.query_via_server and self.settings.server_file.exists()
+        if ask_server and served_here and all(t.kind == "text" for t in terms):
             from imgsearch.web import client
 
             path = str(path_prefix) if path_prefix is not None else None

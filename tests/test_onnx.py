@@ -4,6 +4,7 @@ without torch; a damaged export is exported again."""
 
 from __future__ import annotations
 
+import html
 import json
 import random
 import subprocess
@@ -191,6 +192,18 @@ def test_a_new_process_loads_the_export_without_torch(vitb32_models) -> None:  #
     assert _files(export_folder) == before, "the model was exported again"
 
 
+def test_a_prompt_runs_at_its_own_length(vitb32_models) -> None:  # type: ignore[no-untyped-def]
+    """CLIP's text tower is causal and pools at the end token: the export takes tokens cut after it, with the
+    embedding of the full context (the parity tests above compare with PyTorch on all 77)."""
+    ox, pt, _ = vitb32_models
+    assert ox.folder.text_any_length
+    texts = ["a cat", "a photo of an old teacher at a blackboard!", "!", ""]
+    assert [ox._tokens([t]).shape[1] for t in texts] == [4, 13, 3, 2]  # start, the words' tokens, end
+    assert ox._tokens(texts).shape == (4, 13)
+    cos = _cosines(ox.embed_texts(texts), pt.embed_texts(texts))
+    assert cos.min() >= 0.9999, cos
+
+
 def test_the_manifest_records_what_loading_needs(vitb32_models) -> None:  # type: ignore[no-untyped-def]
     ox, _, settings = vitb32_models
     manifest = json.loads((_cache_folder(settings) / folder.MANIFEST).read_text())
@@ -318,3 +331,21 @@ def test_token_ids_are_open_clips(model: str, tiny) -> None:  # type: ignore[no-
     mismatched = [texts[i] for i in range(len(texts)) if not np.array_equal(got[i], expected[i])]
     assert not mismatched, mismatched[:5]
     assert (got[:, -1] != 0).sum() >= 20, "many texts must be long enough to be cut"
+
+
+def test_ftfy_is_skipped_only_for_text_it_leaves_as_it_is() -> None:
+    """clean() does not import ftfy for printable ASCII without "&": ftfy would change none of it."""
+    import ftfy
+
+    from imgsearch.embed import bpe
+
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(128)]  # controls, whitespace, punctuation, "&", letters
+    texts = ["".join(rng.choices(alphabet, k=rng.randint(0, 40))) for _ in range(3000)] + _texts(300)
+    texts += ["a &amp;amp;amp; b", "tab\there", "cr\rlf\r\n", "esc\x1b[31mred", "nul\x00", "del\x7f", "\x0bvt"]
+    skipped = 0
+    for text in texts:
+        full = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
+        assert bpe.clean(text) == full, repr(text)
+        skipped += bpe._plain(text)
+    assert skipped > 100, "the fast path is taken"

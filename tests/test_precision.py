@@ -55,6 +55,8 @@ def _tiny(tiny: tinyclip.TinyCheckpoint, home: Path, **more: str) -> Settings:
     if not (own_cache / "onnx").exists():
         import shutil
 
+        if not (settings.model_cache_dir / "onnx").exists():  # the shared export, made once (at fp32: no probe)
+            load_embedder(load_settings(home, overrides={**overrides, "model.precision": "fp32"}, environ={}))
         shutil.copytree(settings.model_cache_dir / "onnx", own_cache / "onnx")
     return load_settings(home, overrides={**overrides, "model.cache_dir": str(own_cache)}, environ={})
 

@@ -92,10 +92,18 @@ def _generation_needs_torch() -> Exception:
 
 
 def configured_model_id(settings: Settings) -> str:
-    """The id the configured model will report, computed without loading it."""
-    from imgsearch.embed import loading
+    """The id the configured model will report, computed without loading it (nor importing what loads it: a query
+    for a prompt seen before needs only this)."""
+    from pathlib import Path
 
-    return loading.configured_model_id(settings)
+    from imgsearch.embed import weights
+
+    pretrained = settings.model.pretrained.strip()
+    if pretrained and Path(pretrained).expanduser().is_dir():
+        from imgsearch.embed import loading
+
+        return loading.configured_model_id(settings)
+    return weights.model_id(settings.model)
 
 
 def catalogue(name: str | None = None) -> list[str]:

@@ -157,15 +157,17 @@ def _export_towers(embedder: OpenClipEmbedder, folder: Path, manifest: dict[str,
     import torch
 
     height, width = manifest["preprocess"]["size"]
+    trimmed = trimmable_text(embedder.model)
     examples = {
         "image": torch.zeros(2, 3, height, width),
-        "text": embedder.tokenizer(["a photo", "of a cat"]),
+        "text": embedder.tokenizer(["a photo", "of a cat"])[:, : 5 if trimmed else None],
     }
     errors = []
     for dynamo in (True, False):
         try:
             for tower, example in examples.items():
-                _export_tower(embedder.model, tower, example, folder / TOWERS[tower], dynamo)
+                _export_tower(embedder.model, tower, example, folder / TOWERS[tower], dynamo, trimmed)
+            manifest["text_any_length"] = trimmed
             return "dynamo" if dynamo else "torchscript"
         except OSError:
             raise
@@ -175,12 +177,39 @@ def _export_towers(embedder: OpenClipEmbedder, folder: Path, manifest: dict[str,
     raise errors[0]
 
 
+def trimmable_text(model: Any) -> bool:
+    """Whether the text tower gives the same embedding for tokens cut after the end token: a causal mask (no
+    position sees later ones) and pooling at the end token. Then a prompt of 8 tokens runs as 8, not 77."""
+    import torch
+    from open_clip.model import CLIP
+
+    mask = getattr(model, "attn_mask", None)
+    if not isinstance(model, CLIP) or getattr(model, "text_pool_type", None) != "argmax" or mask is None:
+        return False
+    return bool(torch.equal(torch.isinf(mask), torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)))
+
+
+def _encode_text_trimmed(model: Any, text: Any) -> Any:
+    """open_clip's CLIP.encode_text on tokens of any length up to the context: the positional embedding and the
+    causal mask are cut to the length given."""
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = text.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), text, model.text_pool_type)
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
 def _clear_towers(folder: Path) -> None:
     for path in folder.glob("*.onnx*"):
         path.unlink()
 
 
-def _export_tower(model: Any, tower: str, example: Any, path: Path, dynamo: bool) -> None:
+def _export_tower(model: Any, tower: str, example: Any, path: Path, dynamo: bool, trimmed: bool) -> None:
     import torch
 
     class Tower(torch.nn.Module):
@@ -189,9 +218,13 @@ def _export_tower(model: Any, tower: str, example: Any, path: Path, dynamo: bool
             self.model = model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model.encode_image(x) if tower == "image" else self.model.encode_text(x)
+            if tower == "image":
+                return self.model.encode_image(x)
+            return _encode_text_trimmed(self.model, x) if trimmed else self.model.encode_text(x)
 
     name = "pixels" if tower == "image" else "tokens"
+    any_length = tower == "text" and trimmed
+    context = int(model.positional_embedding.shape[0]) if any_length else 0
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecations and tracer notes the user can do nothing about
         if dynamo:
@@ -204,7 +237,11 @@ def _export_tower(model: Any, tower: str, example: Any, path: Path, dynamo: bool
                 opset_version=18,
                 input_names=[name],
                 output_names=[OUTPUT],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                dynamic_shapes=(
+                    {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=2, max=context)}
+                    if any_length
+                    else {0: torch.export.Dim("batch", min=1)},
+                ),
             )
         else:
             torch.onnx.export(
@@ -215,7 +252,7 @@ def _export_tower(model: Any, tower: str, example: Any, path: Path, dynamo: bool
                 opset_version=17,
                 input_names=[name],
                 output_names=[OUTPUT],
-                dynamic_axes={name: {0: "batch"}, OUTPUT: {0: "batch"}},
+                dynamic_axes={name: {0: "batch", 1: "length"} if any_length else {0: "batch"}, OUTPUT: {0: "batch"}},
             )
 
 

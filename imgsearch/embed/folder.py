@@ -14,7 +14,6 @@ Two layouts are read, both with numpy and PIL only (no torch):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgsearch.embed.bpe import END, MERGES_FILE, N_MERGES, START, ClipTokenizer
+from imgsearch.embed.bpe import END, MERGES_FILE, START, ClipTokenizer
 from imgsearch.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -61,12 +60,11 @@ class ModelFolder:
     towers: dict[str, Path]
     merges: Path
     own: bool
+    text_any_length: bool = False  # the text tower takes tokens cut after the end token (our exports of CLIP)
     facts: dict[str, Any] = field(default_factory=dict)  # the manifest (ours) or config.json (hub), for reports
 
     def tokenizer(self) -> ClipTokenizer:
-        if self.merges.suffix == ".gz":
-            return ClipTokenizer.from_file(self.merges, self.context_length)
-        return ClipTokenizer(read_merges_txt(self.merges), self.context_length)
+        return ClipTokenizer.from_file(self.merges, self.context_length)
 
     @property
     def key(self) -> str:
@@ -121,6 +119,7 @@ def from_manifest(folder: Path, manifest: dict[str, Any]) -> ModelFolder:
         towers={tower: folder / name for tower, name in manifest["towers"].items()},
         merges=folder / MERGES_FILE,
         own=True,
+        text_any_length=bool(manifest.get("text_any_length", False)),
         facts=manifest,
     )
 
@@ -195,7 +194,7 @@ def _hub_merges(folder: Path) -> Path:
     vocab_file = textual / "vocab.json"
     if vocab_file.is_file():
         vocab = _json(vocab_file)
-        ours = ClipTokenizer(read_merges_txt(merges), 77).ids
+        ours = ClipTokenizer.from_file(merges, 77).ids
         ours = {piece: i for piece, i in ours.items() if piece not in (START, END)}  # spelled <|...|> there
         if any(vocab.get(piece) != i for piece, i in ours.items()):
             raise Unsupported("its vocabulary is not CLIP's (token ids differ)")
@@ -214,14 +213,6 @@ def _merges_from_tokenizer_json(path: Path) -> Path:
     except OSError as exc:
         raise WeightsError(f"model.pretrained: cannot write {out} ({exc.strerror})") from None
     return out
-
-
-def read_merges_txt(path: Path) -> list[tuple[str, str]]:
-    """A merges file (gzipped as open_clip ships it, or plain as Hugging Face's): pairs after the header line."""
-    raw = path.read_bytes()
-    text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
-    lines = [line for line in text.split("\n")[1:] if line.strip()][:N_MERGES]
-    return [(a, b) for a, b in (line.split() for line in lines)]
 
 
 # preprocessing

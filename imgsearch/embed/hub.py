@@ -35,7 +35,7 @@ MODELS = (
     "ViT-H-14-378-quickgelu__dfn5b", "ViT-g-14__laion2b-s12b-b42k",
 )  # fmt: skip
 TORCH_HINT = "pip install 'imgsearch[torch]' to export it yourself"
-FOLDER_HINT = "or set model.pretrained to a local folder of ONNX exports (visual/, textual/, config.json)"
+FOLDER_HINT = "set model.pretrained to a local folder of ONNX exports (visual/, textual/, config.json)"
 
 
 def repo_for(name: str, tag: str) -> str | None:
@@ -71,7 +71,7 @@ def fetch(settings: Settings, name: str, tag: str) -> Path:
     repo = repo_for(name, tag)
     if repo is None:
         raise WeightsError(
-            f"model.pretrained: no ready ONNX export of {name}:{tag} is published; {TORCH_HINT}, {FOLDER_HINT}"
+            f"model.pretrained: no ready ONNX export of {name}:{tag} is published; {TORCH_HINT}, or {FOLDER_HINT}"
         )
     endpoint = _endpoint()
     reason = unreachable(endpoint, settings.model.download_timeout)

@@ -168,7 +168,7 @@ def model_folder(settings: Settings, fallback: bool) -> tuple[ModelFolder, Calla
         return from_hub(hub.fetch(settings, ms.name, pretrained), model_id), None
     raise WeightsError(
         f"model.pretrained: {pretrained} is a PyTorch checkpoint; turning it into ONNX needs PyTorch once "
-        f"({TORCH_INSTALL}), {hub.FOLDER_HINT}"
+        f"({TORCH_INSTALL}), or {hub.FOLDER_HINT}"
     )
 
 

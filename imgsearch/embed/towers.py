@@ -8,6 +8,7 @@ export of ours once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +65,29 @@ class TowerEmbedder:
         return self.embed_prepared(np.stack([self.prepare(im) for im in images]))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._run("text", self.tokenizer(list(texts)))
+        if "text" in self._towers or not texts:
+            return self._run("text", self._tokens(texts))
+        # First text: the runtime opens the tower (native code, mostly without the GIL) while Python builds the
+        # tokenizer, which a cold query with a new prompt pays for both (~0.06 s of ~0.2 s).
+        opening = threading.Thread(target=self._open_quietly, args=("text",), daemon=True)
+        opening.start()
+        tokens = self._tokens(texts)
+        opening.join()
+        return self._run("text", tokens)
+
+    def _tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids, cut after the batch's last end token where the tower allows (see export.trimmable_text):
+        a short prompt costs its own length, not the context's."""
+        tokens = self.tokenizer(list(texts))
+        if not self.folder.text_any_length or not len(tokens):
+            return tokens
+        # every row ends with the end token (never 0); 0 is also "!", so count to each row's last non-zero id
+        used = tokens.shape[1] - int(np.argmax((tokens != 0)[:, ::-1], axis=1).min())
+        return tokens[:, : max(used, 2)]
+
+    def _open_quietly(self, tower: str) -> None:
+        with contextlib.suppress(Exception):  # a failure is raised again, with its message, by the caller's _run
+            self._tower(tower)
 
     def describe(self) -> str:
         return f"{self.runtime} {self.precision} on the CPU"
