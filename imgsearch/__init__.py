@@ -12,6 +12,16 @@ from imgsearch.app import Library
 from imgsearch.config import Settings, load_settings
 from imgsearch.errors import ImgSearchError
 from imgsearch.types import Hit, IndexReport, Skipped, Status
+from imgsearch.version import __version__
 
-__all__ = ["Hit", "ImgSearchError", "IndexReport", "Library", "Settings", "Skipped", "Status", "load_settings"]
-__version__ = "0.1.0"
+__all__ = [
+    "Hit",
+    "ImgSearchError",
+    "IndexReport",
+    "Library",
+    "Settings",
+    "Skipped",
+    "Status",
+    "__version__",
+    "load_settings",
+]

@@ -321,18 +321,18 @@ class Library:
         made by `generate` are left out unless include_generated. With files_in_text=False, no
         term of `text` is taken for an image file (text that came from the network). With
         ask_server, a text query goes to a running `imgsearch serve` of the same settings, whose
-        model is loaded already (see imgsearch.web.client); without one, it is answered here.
+        model is loaded already (see imgsearch.remote); without one, it is answered here.
         """
         if tags and not text.strip() and not images:
             return self.tagged(tags, k=k, path_prefix=path_prefix)
         terms = self.parse_query(text, images, files_in_text)
-        # the file a running server announces itself in: without it, the client (and http.client) is not imported
+        # the file a running server announces itself in: without it, imgsearch.remote (and http.client) is not imported
         served_here = self.settings.serve.query_via_server and self.settings.server_file.exists()
         if ask_server and served_here and all(t.kind == "text" for t in terms):
-            from imgsearch.web import client
+            from imgsearch import remote
 
             path = str(path_prefix) if path_prefix is not None else None
-            served = client.query(
+            served = remote.query(
                 self.settings, text, k=k, path_prefix=path, tags=tags, include_generated=include_generated
             )
             if served is not None:
@@ -451,7 +451,7 @@ class Library:
 
     def original(self, image_id: int) -> bytes:
         """The bytes of an indexed image's file, refused (ImageDecodeError) if it is not what was indexed."""
-        from imgsearch.indexer import images
+        from imgsearch import images
 
         info = self.image_info(image_id)
         return images.read_indexed(Path(info.path), info.content_hash)

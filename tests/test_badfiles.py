@@ -369,3 +369,40 @@ def test_unreadable_file_is_recorded(shared_dir: Path, tiny: tinyclip.TinyCheckp
     with Library(settings) as library:
         assert library.skipped() == [Skipped(str(locked), "cannot read file (Permission denied)")]
         assert library.store.count() == 0
+
+
+def test_every_reader_refuses_what_is_not_a_regular_file_without_waiting(tmp_path: Path) -> None:
+    """A path the walk listed as a file can be a FIFO by the time it is read (replaced meanwhile): the pipeline's
+    reader, `import`'s and the Ray readers read through one function, which refuses it at once (opening a FIFO
+    for reading otherwise waits for a writer, forever)."""
+    import contextlib
+    import threading
+
+    from imgsearch import images
+    from imgsearch.config import IndexSettings
+    from imgsearch.indexer import imported
+    from imgsearch.indexer.pipeline import LazyEmbedder, Reader
+    from imgsearch.indexer.scan import FileEntry, NameFilter
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    reader = Reader(LazyEmbedder(lambda: pytest.fail("nothing is decoded")), IndexSettings(), lambda digest: [])
+    results: dict[str, object] = {}
+    calls = {
+        "pipeline": lambda: reader.read((FileEntry(str(fifo), 0, 0), None)).error,
+        "import": lambda: imported.inspect(str(fifo), False, NameFilter(["jpg"], [])).error,
+    }
+    threads = [
+        threading.Thread(target=lambda n=n, f=f: results.update({n: f()}), daemon=True) for n, f in calls.items()
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    try:
+        assert results == {"pipeline": "not a regular file", "import": "not a regular file"}
+        with pytest.raises(images.ImageDecodeError, match="^not a regular file$"):
+            images.read_file(str(fifo))
+    finally:  # let a reader still waiting on the FIFO go (none: no reader, ENXIO)
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

@@ -13,7 +13,7 @@ from PIL import Image
 from imgsearch import load_settings
 from imgsearch.embed import configured_model_id, load_embedder
 from imgsearch.errors import ConfigError, WeightsError
-from imgsearch.indexer.images import decode
+from imgsearch.images import decode
 from tests.conftest import SAMPLES
 
 

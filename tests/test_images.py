@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgsearch import Library, load_settings
 from imgsearch.errors import ImageDecodeError
-from imgsearch.indexer.images import MAX_ASPECT, REDUCED_SIDE, decode
+from imgsearch.images import MAX_ASPECT, REDUCED_SIDE, decode
 from tests.conftest import SAMPLES
 from tests.imagefiles import TURNS, encode, gray16, rgb16_png, rgb16_tiff, widen, with_orientation
 

@@ -49,7 +49,7 @@ def test_combined_query_is_the_weighted_sum_of_term_embeddings(indexed) -> None:
     vec = lib.query_vector(terms)
     e = lib.embedder
     expected = 2 * e.embed_texts(["a red circle"])[0] - e.embed_texts(["a blue square"])[0]
-    from imgsearch.indexer.images import decode
+    from imgsearch.images import decode
 
     expected = expected + e.embed_images([decode(Path(some_image).read_bytes(), 10**9)])[0]
     np.testing.assert_allclose(vec, expected / np.linalg.norm(expected), atol=1e-5)

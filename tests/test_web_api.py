@@ -16,8 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgsearch import Library, load_settings
-from imgsearch.web import client
+from imgsearch import Library, load_settings, remote
 from imgsearch.web.server import create_app
 from tests.conftest import draw_shapes, tiny_env, tiny_overrides
 
@@ -294,15 +293,15 @@ def test_a_server_for_other_settings_or_a_dead_one_is_not_asked(tmp_path: Path, 
     settings = load_settings(tmp_path, overrides=tiny_overrides(tiny), environ={})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    client.announce(settings, client.Server("http://127.0.0.1:9/", "t", dead.pid, client.fingerprint(settings)))
-    assert client.running(settings) is None
-    live = client.Server("http://127.0.0.1:9/", "t", os.getpid(), "another")
-    client.announce(settings, live)
-    assert client.running(settings) == live
-    assert client.query(settings, "a cat", k=1, path_prefix=None, tags=(), include_generated=False) is None
-    client.announce(settings, client.Server("http://127.0.0.1:9/", "t", os.getpid(), client.fingerprint(settings)))
+    remote.announce(settings, remote.Server("http://127.0.0.1:9/", "t", dead.pid, remote.fingerprint(settings)))
+    assert remote.running(settings) is None
+    live = remote.Server("http://127.0.0.1:9/", "t", os.getpid(), "another")
+    remote.announce(settings, live)
+    assert remote.running(settings) == live
+    assert remote.query(settings, "a cat", k=1, path_prefix=None, tags=(), include_generated=False) is None
+    remote.announce(settings, remote.Server("http://127.0.0.1:9/", "t", os.getpid(), remote.fingerprint(settings)))
     started = time.monotonic()
-    assert client.query(settings, "a cat", k=1, path_prefix=None, tags=(), include_generated=False) is None
+    assert remote.query(settings, "a cat", k=1, path_prefix=None, tags=(), include_generated=False) is None
     assert time.monotonic() - started < 2  # nothing listens on port 9: refused at once, answered locally
-    client.withdraw(settings)
+    remote.withdraw(settings)
     assert not settings.server_file.exists()

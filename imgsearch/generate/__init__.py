@@ -17,6 +17,7 @@ import numpy as np
 
 from imgsearch.errors import UsageError, WeightsError
 from imgsearch.types import PROVENANCE_PREFIX, GenerationResult, Progress
+from imgsearch.version import __version__
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -195,8 +196,6 @@ def save_png(pixels: np.ndarray, folder: Path, result: GenerationResult) -> Path
     """Write the image with its provenance; never overwrites (a -2, -3 ... suffix instead)."""
     from PIL import Image as PILImage
     from PIL.PngImagePlugin import PngInfo
-
-    from imgsearch import __version__
 
     info = PngInfo()
     for key, value in provenance(result).items():

@@ -25,7 +25,6 @@ imported only when `index.ray` is set, and it imports Ray only then.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import os
 import socket
@@ -37,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from imgsearch import images
 from imgsearch.config import IndexSettings, Settings
 from imgsearch.errors import ClusterError, ImageDecodeError, ImgSearchError
-from imgsearch.indexer import images
-from imgsearch.indexer.pipeline import LazyEmbedder, MakeReader, Read, Reader, Todo, _lower_priority
+from imgsearch.indexer.pipeline import LazyEmbedder, MakeReader, Read, Reader, Todo
 from imgsearch.indexer.scan import FileEntry
 from imgsearch.store.repository import Store, StoredImage
 
@@ -287,16 +286,13 @@ def _read_one(path: str, known: np.ndarray) -> tuple[Row, bytes | None]:
         "height": 0,
     }
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        found = images.read_file(path)
     except FileNotFoundError:
         return row | {"gone": True}, None
-    except OSError as exc:
-        return row | {"error": f"cannot read file ({exc.strerror or exc})"}, None
-    digest = images.digest(data)
-    row |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest, "generated": images.is_generated(data)}
-    return row, None if _maybe_known(digest, known) else data
+    except ImageDecodeError as exc:
+        return row | {"error": str(exc)}, None
+    row |= {"size": found.size, "mtime_ns": found.mtime_ns, "hash": found.digest, "generated": found.generated}
+    return row, None if _maybe_known(found.digest, known) else found.data
 
 
 class _Embed:
@@ -310,7 +306,7 @@ class _Embed:
         self.known = known
         self.draft = self.embedder.input_size if self.settings.jpeg_draft else 0
         threads = self.settings.workers or max(1, round(cpus))
-        self.pool = cf.ThreadPoolExecutor(threads, "imgsearch-read", initializer=_lower_priority)
+        self.pool = images.reader_pool(threads)
         self.model = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

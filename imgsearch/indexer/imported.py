@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 
 from PIL import Image
 
-from imgsearch.indexer import images
+from imgsearch import images
+from imgsearch.errors import ImageDecodeError
 from imgsearch.indexer.scan import NameFilter
 from imgsearch.store.exchange import LocalFile
 
@@ -40,20 +40,15 @@ def inspect(raw: str, need_size: bool, names: NameFilter, map_prefix: tuple[str,
     if not names.is_image(name) or names.excluded(name):
         return LocalFile(path, error="not a file `index` would list (index.extensions, index.exclude)")
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return LocalFile(path, error="not a regular file")
-            data = f.read()
-    except (FileNotFoundError, NotADirectoryError):
+        found = images.read_file(path)
+    except FileNotFoundError:
         return LocalFile(path, missing=True)
-    except OSError as exc:
-        return LocalFile(path, error=f"cannot read file ({exc.strerror or exc})")
-    width, height = _size(data) if need_size else (0, 0)
+    except ImageDecodeError as exc:
+        return LocalFile(path, error=str(exc))
+    width, height = _size(found.data) if need_size else (0, 0)
     if need_size and not width:
         return LocalFile(path, error="not an image (its header cannot be read)")
-    digest, generated = images.digest(data), images.is_generated(data)
-    return LocalFile(path, st.st_size, st.st_mtime_ns, digest, width, height, generated)
+    return LocalFile(path, found.size, found.mtime_ns, found.digest, width, height, found.generated)
 
 
 def _size(data: bytes) -> tuple[int, int]:

@@ -9,7 +9,6 @@ interrupted run loses at most the batch in flight and the next run resumes.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import itertools
 import os
 import threading
@@ -22,10 +21,10 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy import Connection
 
+from imgsearch import images
 from imgsearch.config import IndexSettings, SearchSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
-from imgsearch.indexer import images
 from imgsearch.indexer.scan import FileEntry, Scanner
 from imgsearch.store import sync
 from imgsearch.store.repository import NewImage, Store, StoredImage
@@ -183,39 +182,35 @@ class Reader:
     def read(self, item: tuple[FileEntry, StoredImage | None]) -> Read:
         entry, old = item
         try:
-            with open(entry.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+            found = images.read_file(entry.path)
         except FileNotFoundError:
             return Read(entry, old, gone=True)
-        except OSError as exc:
-            return Read(entry, old, error=f"cannot read file ({exc.strerror or exc})")
-        entry = FileEntry(entry.path, st.st_size, st.st_mtime_ns)
-        digest = images.digest(data)
-        if old is not None and old.content_hash == digest:
-            return Read(entry, old, digest, touched=True)
-        duplicates = self.lookup(digest)
+        except ImageDecodeError as exc:
+            return Read(entry, old, error=str(exc))
+        entry = FileEntry(entry.path, found.size, found.mtime_ns)
+        if old is not None and old.content_hash == found.digest:
+            return Read(entry, old, found.digest, touched=True)
+        duplicates = self.lookup(found.digest)
         if duplicates:
-            return Read(entry, old, digest, duplicates=duplicates, generated=images.is_generated(data))
-        return self._decode(entry, old, digest, data)
+            return Read(entry, old, found.digest, duplicates=duplicates, generated=found.generated)
+        return self._decode(entry, old, found)
 
-    def _decode(self, entry: FileEntry, old: StoredImage | None, digest: str, data: bytes) -> Read:
+    def _decode(self, entry: FileEntry, old: StoredImage | None, found: images.FileBytes) -> Read:
         try:
             embedder = self.embedder.get()
             draft = embedder.input_size if self.settings.jpeg_draft else 0
-            image, (width, height) = images.decode_sized(data, self.settings.max_pixels, draft)
+            image, (width, height) = images.decode_sized(found.data, self.settings.max_pixels, draft)
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
-            return Read(entry, old, digest, error=str(exc))
-        generated = images.is_generated(data)
-        return Read(entry, old, digest, pixels=pixels, width=width, height=height, generated=generated)
+            return Read(entry, old, found.digest, error=str(exc))
+        return Read(entry, old, found.digest, pixels=pixels, width=width, height=height, generated=found.generated)
 
     def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
         """Everything finished since the last call (waiting for at least one), with at most
         `prefetch` batches in flight, so the decode threads keep working while the model runs."""
         limit = max(self.workers, self.settings.prefetch * self.settings.batch_size)
         todo = iter(items)
-        with cf.ThreadPoolExecutor(self.workers, "imgsearch-read", initializer=_lower_priority) as pool:
+        with images.reader_pool(self.workers) as pool:
             pending: set[cf.Future[Read]] = set()
             try:
                 for item in itertools.islice(todo, limit):
@@ -228,18 +223,6 @@ class Reader:
             finally:
                 for f in pending:
                     f.cancel()
-
-
-def _lower_priority() -> None:
-    """Decode threads yield the CPU to the model's threads and fill the gaps between its operations.
-
-    The model is the bottleneck; preempting its thread team to decode ahead only slows it down: every operation
-    waits for its last thread. At nice 10 a decode thread still took ~10% of a core from OpenVINO's threads (ViT-B-32
-    bf16, 2 cores: index 23.4 images/s); at 19 the pipeline reaches what the cores allow (24.9-26.7 images/s, the
-    bound from the model's and the reader's CPU-ms being 26-27). ONNX Runtime's image tower is unaffected (15.0).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 class Writer:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgsearch.indexer import images
+from imgsearch import images
 
 QUALITY = 85
 

@@ -18,8 +18,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from imgsearch import images
 from imgsearch.errors import ImageDecodeError, UsageError
-from imgsearch.indexer import images
 from imgsearch.types import QueryTerm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -36,6 +36,7 @@ from imgsearch.errors import (
     WeightsError,
 )
 from imgsearch.types import Hit
+from imgsearch.version import __version__
 from imgsearch.web.guard import Guard
 from imgsearch.web.jobs import Job, Jobs
 
@@ -203,7 +204,7 @@ def create_app(
 def _api(lib: Library, token: str, public: bool) -> FastAPI:
     api = FastAPI(
         title="imgsearch",
-        version=_version(),
+        version=__version__,
         description="Search a photo library by what is in the pictures. Changes (POST) need the "
         "X-Imgsearch-Token header; the page at / carries the token.",
         docs_url=None,  # the Swagger page loads its scripts from a CDN; the raw spec is at /openapi.json
@@ -253,7 +254,7 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     def status() -> StatusOut:
         st = lib.status()
         return StatusOut(
-            version=_version(),
+            version=__version__,
             home=st.home,
             images=st.images,
             skipped=st.skipped,
@@ -480,13 +481,6 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def _version() -> str:
-    try:
-        return metadata.version("imgsearch")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def run(
     lib: Library,
     *,
@@ -501,7 +495,7 @@ def run(
 
     import uvicorn
 
-    from imgsearch.web import client
+    from imgsearch import remote
 
     s = lib.settings.serve
     host = host or s.host
@@ -525,7 +519,7 @@ def run(
     # Installed before the discovery file announces the server, so a signal from then on is always a clean stop.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        client.announce(lib.settings, client.Server(local, token, os.getpid(), client.fingerprint(lib.settings)))
+        remote.announce(lib.settings, remote.Server(local, token, os.getpid(), remote.fingerprint(lib.settings)))
         threading.Thread(target=_prepare, args=(lib, on_notice), name="imgsearch-warm", daemon=True).start()
         on_ready(f"{local}?token={token}" if public else local)
         if not server.should_exit:
@@ -534,7 +528,7 @@ def run(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         cast(FastAPI, app.app).state.jobs.close()
-        client.withdraw(lib.settings)
+        remote.withdraw(lib.settings)
         sock.close()
 
 
