@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from imgsearch.config import Settings, is_postgres_url, load_settings
 from imgsearch.errors import BusyError, IndexEmptyError, NotFoundError, UsageError
+from imgsearch.store.lock import WriterLock
 from imgsearch.types import (
     ExportReport,
     GenerationResult,
@@ -46,12 +46,11 @@ from imgsearch.types import (
 
 if TYPE_CHECKING:
     from imgsearch.embed import Embedder
-    from imgsearch.indexer.pipeline import Carry, MakeReader, OnProgress
+    from imgsearch.indexer.pipeline import MakeReader, OnProgress
     from imgsearch.search.labels import Label
     from imgsearch.search.tagger import LabelVectors
-    from imgsearch.store import sync
+    from imgsearch.store.cache import Carry, VectorCache
     from imgsearch.store.repository import Store
-    from imgsearch.store.sync import Loaded
     from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport
 
 
@@ -66,11 +65,8 @@ class Library:
         self.settings = settings
         self._embedder = embedder
         self._store: Store | None = None
-        self._index: Loaded | None = None
-        self._builder: threading.Thread | None = None
-        # A long-running process (serve) brings a vector index that fell behind up to date in a thread.
-        self.rebuild_in_background = False
-        self._generated: tuple[int, np.ndarray] | None = None
+        self._cache: VectorCache | None = None
+        self.lock = WriterLock(settings.home)
         self._loading = threading.Lock()  # a server's threads must not load the model twice
         self._torch_embedder: Embedder | None = None
 
@@ -102,6 +98,15 @@ class Library:
 
             self._store = Store(self.settings.store.url or self.settings.database_path)
         return self._store
+
+    @property
+    def cache(self) -> VectorCache:
+        """The vector index this process searches (SQLite homes), and when its file is written."""
+        if self._cache is None:
+            from imgsearch.store.cache import VectorCache
+
+            self._cache = VectorCache(self.store, self.settings.search, self.settings.vector_index_path, self.lock)
+        return self._cache
 
     @property
     def embedder(self) -> Embedder:
@@ -138,7 +143,7 @@ class Library:
 
         Setting `stop` (from another thread or a signal handler) ends the run after the batch in flight.
         """
-        with self._writer_lock():
+        with self.lock.hold():
             roots = self._begin(paths, rebuild)
             return self._run(roots, on_progress, stop)
 
@@ -157,11 +162,11 @@ class Library:
         through the same pipeline as `index`, and its report is passed to `on_pass`.
         """
         from imgsearch.errors import InterruptedRun
-        from imgsearch.indexer.pipeline import Carry
         from imgsearch.indexer.watch import Watcher
+        from imgsearch.store.cache import Carry
 
         stop = stop or threading.Event()
-        with self._writer_lock():
+        with self.lock.hold():
             roots = self._begin(paths)
             ix = self.settings.index
             watcher = Watcher(roots, ix.extensions, ix.exclude, self.settings.watch.settle_seconds)
@@ -220,7 +225,7 @@ class Library:
                 carry,
             )
         finally:
-            self._index = None
+            self.cache.forget()
         if self.settings.tagging.auto:
             report.tagged = self._tag(None, None, on_progress, stop)
         return report
@@ -253,36 +258,6 @@ class Library:
                 raise UsageError(f"index: the path {printable(resolved)} is not valid UTF-8; rename it to index it")
             roots.append(resolved)
         return roots
-
-    @contextmanager
-    def _writer_lock(self, role: str = "indexing") -> Iterator[None]:
-        """One writer per home; queries never wait for it (SQLite WAL).
-
-        A query that rebuilt the vector cache holds the lock briefly to save it; a writer arriving
-        then waits for that save (up to SAVE_WAIT seconds) instead of failing.
-        """
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        path = self.settings.home / "writer.lock"
-        with open(path, "a+") as f:
-            deadline = time.monotonic() + SAVE_WAIT
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    f.seek(0)
-                    holder = f.read().strip() or "another process"
-                    if SAVING not in holder or role == SAVING or time.monotonic() > deadline:
-                        busy = f"{self.settings.home} is being indexed by {holder}; wait for it to finish"
-                        raise BusyError(busy) from None
-                    time.sleep(0.05)
-            f.truncate(0)
-            f.write(f"pid {os.getpid()}" if role == "indexing" else f"pid {os.getpid()} ({role})")
-            f.flush()
-            try:
-                yield
-            finally:
-                f.truncate(0)
 
     def _empty(self) -> IndexEmptyError:
         return IndexEmptyError(f"the index at {self.settings.home} is empty: run `imgsearch index FOLDER` first")
@@ -374,8 +349,8 @@ class Library:
         k = k or self.settings.search.top_k
         if self.store.postgres:
             return self._search_in_database(vector, k, path_prefix, tags, include_generated)
-        index = self._vector_index()
-        hidden = np.zeros(0, dtype=np.int64) if include_generated else self._generated_ids()
+        index = self.cache.loaded()
+        hidden = np.zeros(0, dtype=np.int64) if include_generated else self.cache.hidden_ids()
         allowed = None
         if tags:
             allowed = self._ids_tagged(tags, path_prefix)
@@ -471,7 +446,7 @@ class Library:
         if self.store.count():
             self._check_model()
             if not self.store.postgres:
-                self._vector_index()
+                self.cache.loaded()
         self.embedder.embed_texts(["warm up"])
 
     def prune_thumbnails(self) -> int:
@@ -496,65 +471,6 @@ class Library:
         root = _absolute(path_prefix) if path_prefix is not None else None
         with self.store.read() as conn:
             return sql.ids_with_all(conn, [t.strip() for t in tags], root)
-
-    def _generated_ids(self) -> np.ndarray:
-        generation = self.store.generation()
-        if self._generated is None or self._generated[0] != generation:
-            self._generated = (generation, self.store.generated_ids())
-        return self._generated[1]
-
-    def _vector_index(self) -> Loaded:
-        from imgsearch.store import sync
-
-        generation = self.store.generation()
-        if self._index is None or self._index.generation != generation:
-            loaded = sync.load(self.store, self.settings.vector_index_path, self.settings.search, self._index)
-            if loaded.rebuilt:
-                self._save_if_idle(loaded)
-            self._index = loaded
-            if not loaded.current and self.rebuild_in_background:
-                self._start_rebuild()
-        return self._index
-
-    def _start_rebuild(self) -> None:
-        """Build the index afresh in a thread, while queries go on with the one that fell behind.
-
-        Nothing starts while a writer runs: it saves a current index itself when it finishes.
-        """
-        if self._builder is not None and self._builder.is_alive():
-            return
-        try:
-            with self._writer_lock(SAVING):
-                pass
-        except BusyError:
-            return
-        self._builder = threading.Thread(target=self._rebuild, name="imgsearch-index-build", daemon=True)
-        self._builder.start()
-
-    def _rebuild(self) -> None:
-        from imgsearch.store import sync
-
-        try:
-            loaded = sync.rebuild(self.store, self.settings.search)
-        except Exception:  # the index in use keeps answering; the next change tries again
-            return
-        self._save_if_idle(loaded)
-        if self._index is None or self._index.generation <= loaded.generation:
-            self._index = loaded
-
-    def _save_if_idle(self, loaded: sync.Loaded) -> None:
-        """Persist a rebuilt cache unless a writer is busy (it will save a newer one itself).
-
-        A cache that cannot be written (a full disk) is not the query's failure: it searches the rebuilt one.
-        """
-        from imgsearch.errors import StoreError
-        from imgsearch.store import sync
-
-        try:
-            with self._writer_lock(SAVING):
-                sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
-        except (BusyError, StoreError, OSError):
-            pass
 
     # generation
 
@@ -849,7 +765,7 @@ class Library:
         from imgsearch.indexer.scan import NameFilter
         from imgsearch.store import exchange
 
-        with self._writer_lock("importing"):
+        with self.lock.hold("importing"):
             source = exchange.open_source(Path(src).expanduser())
             self._check_model(allow_empty=True)
             configured = configured_model_id(self.settings)
@@ -869,18 +785,8 @@ class Library:
                 stop=stop,
             )
             if report.imported:
-                self._save_vector_index()
+                self.cache.save_rebuilt()
         return report
-
-    def _save_vector_index(self) -> None:
-        """Write the FAISS cache for what a writer committed, as `index` does at its end (SQLite only)."""
-        from imgsearch.store import sync
-
-        self._index = None
-        if self.store.postgres:
-            return
-        loaded = sync.rebuild(self.store, self.settings.search)
-        sync.save(self.store, self.settings.vector_index_path, loaded.index, loaded.generation)
 
     # reporting
 
@@ -941,7 +847,7 @@ class Library:
             raise UsageError(f"migrate: {self.settings.database_path} is already the database in use")
         if not into_sqlite and to.strip() == self.settings.store.url:
             raise UsageError("migrate: that is the database in use (store.url)")
-        with self._writer_lock():
+        with self.lock.hold():
             source = self.store
             target = Store(self.settings.database_path if into_sqlite else to.strip())
             try:
@@ -976,9 +882,6 @@ class _QueryEncoder:
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.lib.embedder.embed_images(images)
 
-
-SAVING = "saving the vector index"  # the writer-lock role of a query that rebuilt the cache
-SAVE_WAIT = 30.0
 
 # Contrasting prompts that fit any picture a little: a query must beat them too.
 GENERIC_LABELS = ("thing", "object", "scene", "picture", "pattern")

@@ -176,7 +176,7 @@ def test_index_without_paths_rescans_known_folders(lib: Library, shapes) -> None
 def test_second_writer_is_refused(lib: Library, shapes, home: Path, tiny) -> None:  # type: ignore[no-untyped-def]
     folder, _ = shapes
     other = Library(load_settings(home, overrides=tiny_overrides(tiny)), embedder=lib.embedder)
-    with lib._writer_lock(), pytest.raises(BusyError, match="being indexed by pid"):
+    with lib.lock.hold(), pytest.raises(BusyError, match="being indexed by pid"):
         other.index([folder])
 
 
@@ -309,14 +309,14 @@ def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Lib
     import threading
     import time
 
-    from imgsearch.app import SAVING
+    from imgsearch.store.lock import SAVING
 
     folder, _ = shapes
     lib.index([folder])
     saving, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with lib._writer_lock(SAVING):
+        with lib.lock.hold(SAVING):
             saving.set()
             release.wait(10)
 
@@ -329,7 +329,7 @@ def test_a_writer_waits_for_a_query_saving_the_cache_instead_of_failing(lib: Lib
     holder.join()
     assert report.unchanged > 0 and time.monotonic() - started >= 0.4
     # A save never waits for a writer: it is skipped.
-    with lib._writer_lock(), pytest.raises(BusyError, match="being indexed by pid"), lib._writer_lock(SAVING):
+    with lib.lock.hold(), pytest.raises(BusyError, match="being indexed by pid"), lib.lock.hold(SAVING):
         pass
 
 
@@ -348,11 +348,11 @@ def test_serve_answers_from_an_index_that_fell_behind_while_it_rebuilds_it(lib: 
     with lib.store.write() as conn:  # what a killed writer commits: the row, without saving the index file
         lib.store.insert_image(conn, NewImage(str(extra / "late-red-circle.png"), 1, 1, "late", 64, 64, vector))
         lib.store.bump_generation(conn)
-    lib.rebuild_in_background = True
+    lib.cache.rebuild_in_background = True
     hits = lib.query(images=[extra / "late-red-circle.png"], k=3)
     assert hits[0].path == str(extra / "late-red-circle.png") and hits[0].score > 0.999
-    assert lib._builder is not None
-    lib._builder.join(60)
+    assert lib.cache.rebuilds_started == 1
+    lib.cache.join_rebuild(60)
     after = sync.load(lib.store, lib.settings.vector_index_path, lib.settings.search)
     assert after.exact and not after.rebuilt, "the thread saved a current file"
     assert [h.path for h in lib.query(images=[extra / "late-red-circle.png"], k=3)] == [h.path for h in hits]
@@ -367,7 +367,7 @@ def test_deletions_from_an_hnsw_index_are_kept_out_of_results_without_a_rebuild(
     folder, labels = shapes
     overrides = {**tiny_overrides(tiny), "search.index_type": "hnsw"}
     lib = Library(load_settings(home, overrides=overrides), embedder=tiny_embedder)
-    lib.rebuild_in_background = True
+    lib.cache.rebuild_in_background = True
     monkeypatch.setattr(sync, "MAX_KEPT_GONE", 4)
     rebuilds: list[int] = []
     rebuild = sync.rebuild
@@ -383,7 +383,7 @@ def test_deletions_from_an_hnsw_index_are_kept_out_of_results_without_a_rebuild(
     assert (len(loaded.index), loaded.dropped, loaded.current) == (len(labels), 3, True)
     hits = lib.query("a red circle", k=len(labels))
     assert len(hits) == len(labels) - 3 and not {h.path for h in hits} & set(red[:3])
-    assert lib._builder is None, "a current file is not rebuilt in the background"
+    assert lib.cache.rebuilds_started == 0, "a current file is not rebuilt in the background"
     assert lib.index([folder]).embedded == 0 and rebuilds == [1]
 
     os.remove(red[3])

@@ -403,11 +403,10 @@ def test_a_large_index_file_is_written_every_so_many_changes_and_on_stopping(
     """Rewriting a file of hundreds of MB for each photo that arrives is what watch must not do: the index stays
     in memory between passes, the file is written once enough has changed, and queries meanwhile add the images
     it lacks. Here every file counts as large and 3 changes are enough."""
-    from imgsearch.indexer import pipeline
-    from imgsearch.store import sync
+    from imgsearch.store import cache, sync
 
-    monkeypatch.setattr(pipeline, "DEFER_BYTES", 0)
-    monkeypatch.setattr(pipeline, "SAVE_AFTER_CHANGES", 3)
+    monkeypatch.setattr(cache, "DEFER_BYTES", 0)
+    monkeypatch.setattr(cache, "SAVE_AFTER_CHANGES", 3)
     reads: list[int] = []
     from_file = sync.from_file
     monkeypatch.setattr(sync, "from_file", lambda *a, **k: reads.append(k["mapped"]) or from_file(*a, **k))

@@ -26,7 +26,7 @@ from imgsearch.config import IndexSettings, SearchSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
 from imgsearch.indexer.scan import FileEntry, Scanner
-from imgsearch.store import sync
+from imgsearch.store import cache, sync
 from imgsearch.store.repository import NewImage, Store, StoredImage
 from imgsearch.store.vectors import FaissIndex
 from imgsearch.types import IndexReport, Progress, Skipped, printable
@@ -53,34 +53,6 @@ class Plan:
     missing: dict[str, StoredImage] = field(default_factory=dict)
     stale_skips: list[str] = field(default_factory=list)
     scan_skips: list[Skipped] = field(default_factory=list)
-
-
-# A long-running writer (`watch`) keeps its index in memory between passes and writes a file this large only
-# once SAVE_AFTER_CHANGES images were added or removed, or SAVE_AFTER_SECONDS passed, since it last wrote it
-# (and when it stops), instead of rewriting hundreds of MB for every photo that arrives. Meanwhile queries use the
-# file as written plus the images added since, which they score exactly (store/sync.py). The bound on changes
-# keeps well inside what queries accept before rebuilding (sync.MAX_ADDED, sync.MAX_GONE).
-DEFER_BYTES = 64 << 20
-SAVE_AFTER_CHANGES = 1_000
-SAVE_AFTER_SECONDS = 300.0
-
-
-@dataclass
-class Carry:
-    """What a long-running writer keeps from one run to the next: its index, exact for `generation` (it holds
-    the writer lock, so nobody else changes the images), and what the file on disk lacks."""
-
-    index: FaissIndex | None = None
-    generation: int = -1
-    dropped: int = 0
-    unsaved: int = 0  # images added or removed since the file was written
-    saved_at: float = field(default_factory=time.monotonic)
-
-    def flush(self, store: Store, path: Path) -> None:
-        """Write what is unsaved (the writer is stopping)."""
-        if self.unsaved and self.index is not None and not store.postgres:
-            sync.save(store, path, self.index, self.generation)
-            self.unsaved = 0
 
 
 @dataclass
@@ -414,7 +386,7 @@ def run(
     on_progress: OnProgress = lambda p: None,
     stop: threading.Event | None = None,
     make_reader: MakeReader | None = None,
-    carry: Carry | None = None,
+    carry: cache.Carry | None = None,
 ) -> IndexReport:
     """Bring the index in line with the files under roots. The caller holds the writer lock.
 
@@ -428,21 +400,9 @@ def run(
     report.unchanged = work.unchanged
     report.known_bad = len(work.known_bad)
     report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)
-    # Read in full, not mapped: the writer changes its copy. Queries meanwhile use the file as it is.
-    # PostgreSQL searches its own vectors: no FAISS file to keep.
-    loaded: sync.Loaded | None = None
-    base: FaissIndex | None
-    if carry is not None and carry.index is not None and carry.generation == store.generation():
-        base, dropped = carry.index, carry.dropped
-    else:
-        if store.count() and not store.postgres:
-            loaded = sync.from_file(store, index_path, search, mapped=False)
-        base = sync.caught_up(loaded) if loaded else None
-        dropped = loaded.dropped if loaded and base else 0
-        if carry is not None:  # what the file lacks, counted as unsaved
-            carry.unsaved = 0 if loaded is None or loaded.current else len(loaded.extra_ids) + loaded.dropped
+    start = cache.writer_base(store, index_path, search, carry)
     lazy = LazyEmbedder(embedder)
-    writer = Writer(store, base, lazy, work, report, dropped)
+    writer = Writer(store, start.index, lazy, work, report, start.dropped)
     reader = (make_reader or Reader)(lazy, settings, store.find_by_hash)
     total = len(work.todo)
     done = 0
@@ -459,11 +419,11 @@ def run(
                 raise KeyboardInterrupt  # between batches, never inside a transaction
         writer.finish(settings.batch_size)
     except KeyboardInterrupt:
-        _save(store, index_path, search, writer, on_progress, loaded, carry)
+        _save(store, index_path, search, writer, start, carry, on_progress)
         raise InterruptedRun(
             f"interrupted: {report.embedded} images embedded and saved; run `imgsearch index` again to finish"
         ) from None
-    _save(store, index_path, search, writer, on_progress, loaded, carry)
+    _save(store, index_path, search, writer, start, carry, on_progress)
     report.seconds = time.monotonic() - started
     return report
 
@@ -473,52 +433,11 @@ def _save(
     path: Path,
     search: SearchSettings,
     writer: Writer,
+    start: cache.WriterBase,
+    carry: cache.Carry | None,
     on_progress: OnProgress,
-    loaded: sync.Loaded | None = None,
-    carry: Carry | None = None,
 ) -> None:
-    """Write the FAISS cache for what is committed: the in-memory one if still exact, else rebuilt.
-
-    Nothing is written when the file on disk is already that index: `loaded` from it, verified, and
-    nothing committed since (a run with nothing to do rewrites no file). With `carry`, a large file is
-    written only when enough has changed since (see DEFER_BYTES), and the index is kept for the next run.
-    """
-    if store.postgres:
-        return
-    on_progress(Progress("save", 0, 1))
-    count = store.count()
-    if count == 0:
-        path.unlink(missing_ok=True)
-        return
-    index = writer.index
-    wanted = sync.choose_params(search, count).kind
-    dropped = writer.dropped
-    if index is None or writer.index_stale or index.kind != wanted or len(index) - dropped != count:
-        loaded = sync.rebuild(store, search)
-        index, generation, dropped = loaded.index, loaded.generation, 0
-        current = deferred = False
-    else:
-        generation = writer.generation
-        current = loaded is not None and loaded.current and not loaded.rebuilt and loaded.generation == generation
-        if carry is not None:
-            carry.unsaved += writer.changed
-        deferred = carry is not None and _defer(carry, path)
-    if carry is not None:
-        carry.index, carry.generation, carry.dropped = index, generation, dropped
-    if not current and not deferred:
-        sync.save(store, path, index, generation)
-        if carry is not None:
-            carry.unsaved, carry.saved_at = 0, time.monotonic()
-    on_progress(Progress("save", 1, 1))
-
-
-def _defer(carry: Carry, path: Path) -> bool:
-    """Whether to leave the file as it is for now: nothing unsaved, or a large file and little unsaved."""
-    if not carry.unsaved:
-        return True  # nothing changed since the file was written
-    try:
-        large = path.stat().st_size >= DEFER_BYTES
-    except OSError:
-        return False
-    recent = time.monotonic() - carry.saved_at < SAVE_AFTER_SECONDS
-    return large and recent and carry.unsaved < SAVE_AFTER_CHANGES
+    if not store.postgres:
+        on_progress(Progress("save", 0, 1))
+        cache.save_after_run(store, path, search, writer, start, carry)
+        on_progress(Progress("save", 1, 1))

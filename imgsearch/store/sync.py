@@ -138,10 +138,11 @@ def from_file(
     return None
 
 
-def caught_up(loaded: Loaded) -> FaissIndex | None:
-    """The base with the images added since it was written, for a writer to go on changing; None when it must
-    be rebuilt: of the wrong kind, or holding images that are gone and that it could remove (their ids are not
-    known without a scan) or too many that it cannot (HNSW keeps up to MAX_KEPT_GONE; see Loaded.dropped)."""
+def merge_extra_into_base(loaded: Loaded) -> FaissIndex | None:
+    """The base with the images added since it was written added into it (in place: `loaded` is the writer's own
+    copy, read from the file unmapped), for a writer to go on changing; None when it must be rebuilt: of the wrong
+    kind, or holding images that are gone and that it could remove (their ids are not known without a scan) or
+    too many that it cannot (HNSW keeps up to MAX_KEPT_GONE; see Loaded.dropped)."""
     if loaded.kind_wanted or not loaded.keeps_dropped:
         return None
     loaded.index.add(loaded.extra_ids, loaded.extra)

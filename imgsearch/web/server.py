@@ -506,7 +506,7 @@ def run(
     token = secrets.token_urlsafe(24)
     hosts = [*s.allowed_hosts, *(_own_names(host) if public else [])]
     app = create_app(lib, token=token, port=bound, public=public, hosts=hosts)
-    lib.rebuild_in_background = True  # a vector index that fell behind is rebuilt while queries go on
+    lib.cache.rebuild_in_background = True  # a vector index that fell behind is rebuilt while queries go on
     local = f"http://{_url_host(host)}:{bound}/"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
     server = uvicorn.Server(config)
