@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,6 @@ from imgsearch.types import (
     ImageTag,
     IndexReport,
     LabelResult,
-    LabelScore,
     MatchVerdict,
     MigrateReport,
     Progress,
@@ -47,6 +45,7 @@ from imgsearch.types import (
 if TYPE_CHECKING:
     from imgsearch.embed import Embedder
     from imgsearch.indexer.pipeline import MakeReader, OnProgress
+    from imgsearch.search.engine import SearchEngine
     from imgsearch.search.labels import Label
     from imgsearch.search.tagger import LabelVectors
     from imgsearch.store.cache import Carry, VectorCache
@@ -195,11 +194,7 @@ class Library:
             self._vocabulary()  # a bad vocabulary file is reported before any work, not after it
         if rebuild:
             _ = self.embedder  # the new model must load before the old vectors are dropped
-        with self.store.write() as conn:
-            if rebuild:
-                self.store.clear_images(conn)
-                self.store.bump_generation(conn)
-            self.store.add_roots(conn, roots)
+        self.store.add_roots(roots, clear=rebuild)
         return roots
 
     def _run(
@@ -346,69 +341,31 @@ class Library:
         include_generated: bool = False,
     ) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
-        k = k or self.settings.search.top_k
-        if self.store.postgres:
-            return self._search_in_database(vector, k, path_prefix, tags, include_generated)
-        index = self.cache.loaded()
-        hidden = np.zeros(0, dtype=np.int64) if include_generated else self.cache.hidden_ids()
-        allowed = None
-        if tags:
-            allowed = self._ids_tagged(tags, path_prefix)
-        elif path_prefix is not None:
-            allowed = self.store.ids_under(_absolute(path_prefix))
-        if allowed is not None and not len(allowed):
-            return []
-        # Generated images are few: ask for that many more and drop them, rather than pass a huge selector.
-        scores, ids = index.search(vector[None, :], k + len(hidden), allowed)
-        skip = set(hidden.tolist())
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip]
-        paths = self.store.paths_of(i for i, _ in found)  # an index that fell behind may hold deleted ids
-        return [Hit(i, paths[i], s) for i, s in found if i in paths][:k]
+        return self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated)
 
-    def _search_in_database(
-        self,
-        vector: np.ndarray,
-        k: int,
-        path_prefix: str | Path | None,
-        tags: Sequence[str],
-        include_generated: bool,
-    ) -> list[Hit]:
-        """PostgreSQL: vector search and every filter in one statement (pgvector's HNSW index)."""
-        from imgsearch.store import tags as sql
+    @property
+    def engine(self) -> SearchEngine:
+        """Searching the index (imgsearch.search.engine)."""
+        from imgsearch.search.engine import SearchEngine
 
-        root = _absolute(path_prefix) if path_prefix is not None else None
-        tagged = sql.with_all([t.strip() for t in tags]) if tags else None
-        ef = self.settings.store.ef_search
-        rows = self.store.nearest(
-            vector, k, root=root, tagged=tagged, include_generated=include_generated, ef_search=ef
-        )
-        return [Hit(i, path, score) for i, path, score in rows]
+        s = self.settings
+        return SearchEngine(self.store, self.cache, s.search.top_k, s.store.ef_search)
 
     def similar(
         self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
     ) -> list[Hit]:
         """Images most like an indexed one ("more like this"), best first, leaving the image itself out."""
-        self.image(image_id)
-        with self.store.read() as conn:
-            vector = self.store.embedding_of(conn, image_id)[0]
-        k = k or self.settings.search.top_k
-        hits = self.search_vector(vector, k=k + 1, path_prefix=path_prefix, tags=tags)
-        return [h for h in hits if h.id != image_id][:k]
+        self.image_info(image_id)
+        return self.engine.similar(image_id, k, _root(path_prefix), tags)
 
     def newest(self, *, k: int | None = None, offset: int = 0, path_prefix: str | Path | None = None) -> list[Hit]:
         """The library itself, most recently indexed first (score 0): what to show before any query."""
-        root = _absolute(path_prefix) if path_prefix is not None else None
-        rows = self.store.newest(k or self.settings.search.top_k, offset, root, include_generated=False)
-        return [Hit(i, path, 0.0) for i, path in rows]
+        return self.engine.newest(k, offset, _root(path_prefix))
 
     def image(self, image_id: int) -> ImageInfo:
         """An indexed image with its tags (hand tags first). Raises NotFoundError for an unknown id."""
-        from imgsearch.store import tags as sql
-
         info = self.image_info(image_id)
-        with self.store.read() as conn:
-            tags = tuple(ImageTag(*row) for row in sql.of_path(conn, info.path))
-        return dataclasses.replace(info, tags=tags)
+        return dataclasses.replace(info, tags=tuple(ImageTag(*row) for row in self.store.tags.of_path(info.path)))
 
     def thumbnail(self, image_id: int, side: int | None = None) -> Path:
         """The cached JPEG rendition of an indexed image, made on first request: longest side `side`
@@ -457,36 +414,15 @@ class Library:
 
     def tagged(self, tags: Sequence[str], *, k: int | None = None, path_prefix: str | Path | None = None) -> list[Hit]:
         """Images carrying every one of tags, ranked by the first: hand tags (score 1.0), then by probability."""
-        from imgsearch.store import tags as sql
-
-        ids = self._ids_tagged(tags, path_prefix)
-        with self.store.read() as conn:
-            rows = sql.ranked(conn, tags[0], ids)
-        limit = k or self.settings.search.top_k
-        return [Hit(i, path, 1.0 if source == sql.HAND else p or 0.0) for i, path, source, p in rows[:limit]]
-
-    def _ids_tagged(self, tags: Sequence[str], path_prefix: str | Path | None) -> np.ndarray:
-        from imgsearch.store import tags as sql
-
-        root = _absolute(path_prefix) if path_prefix is not None else None
-        with self.store.read() as conn:
-            return sql.ids_with_all(conn, [t.strip() for t in tags], root)
+        return self.engine.tagged(tags, k, _root(path_prefix))
 
     # generation
 
     def match(self, text: str, hits: Sequence[Hit] | None = None, files_in_text: bool = True) -> MatchVerdict:
-        """Whether the library holds an image for a text query, judged against contrasting prompts.
-
-        A bare cosine cutoff does not carry across prompts or collections. Instead, for each of the
-        top hits, the query's similarity is compared with that same image's similarity to every
-        contrasting prompt (the contrast vocabulary, each label prompt-ensembled, plus a few generic
-        ones): evidence = logit_scale x (query - best rival). An image that is what the query says
-        scores the query about as high as its best label (evidence near 0 or above); one that merely
-        resembles it loses clearly to a label that fits it better. No match when the best evidence
-        is below -generate.match_margin.
-        """
+        """Whether the library holds an image for a text query, judged against contrasting prompts
+        (imgsearch.search.match): no match when the best evidence is below -generate.match_margin."""
         from imgsearch.search import labels as lb
-        from imgsearch.search.tagger import LabelVectors
+        from imgsearch.search import match
 
         gs = self.settings.generate
         terms = self.parse_query(text, files_in_text=files_in_text)
@@ -496,25 +432,18 @@ class Library:
             return MatchVerdict(False, None, gs.match_margin, None, None)
         self._check_model()
         query = self.query_vector(terms)
-        top = list(hits if hits is not None else self.search_vector(query, k=gs.match_candidates))[
-            : gs.match_candidates
-        ]
+        top = list(hits if hits is not None else self.search_vector(query, k=gs.match_candidates))
+        top = top[: gs.match_candidates]
         if not top:
             return MatchVerdict(False, None, gs.match_margin, None, None)
         embedder = self.embedder
         labels = _unique(
-            self._vocabulary(gs.contrast_vocabulary or None)[0] + lb.parse_labels(",".join(GENERIC_LABELS))
+            self._vocabulary(gs.contrast_vocabulary or None)[0] + lb.parse_labels(",".join(match.GENERIC_LABELS))
         )
-        rivals = LabelVectors(self.store, lambda: embedder, self.settings.tagging.templates).matrix(
-            embedder.model_id, labels
-        )
-        with self.store.read() as conn:
-            vectors = np.stack([self.store.embedding_of(conn, h.id)[0] for h in top])
-        evidence = embedder.logit_scale * (vectors @ query - (vectors @ rivals.T).max(axis=1))
-        best = int(np.argmax(evidence))
-        rival = labels[int((vectors[best] @ rivals.T).argmax())].name
-        value = float(evidence[best])
-        return MatchVerdict(value >= -gs.match_margin, value, gs.match_margin, top[best].path, rival)
+        rivals = self.label_vectors().matrix(embedder.model_id, labels)
+        vectors = np.stack([self.store.vector_of(h.id) for h in top])
+        names = [label.name for label in labels]
+        return match.verdict(query, top, vectors, rivals, names, embedder.logit_scale, gs.match_margin)
 
     def generate(
         self,
@@ -580,7 +509,6 @@ class Library:
         Probabilities are among the labels given (softmax; independent sigmoids for SigLIP models).
         """
         from imgsearch.search import labels as lb
-        from imgsearch.search import query as q
 
         if isinstance(labels, str):
             chosen = lb.parse_labels(labels)
@@ -593,19 +521,9 @@ class Library:
             if not Path(f).is_file():
                 raise UsageError(f"label: no such image file: {f}")
         embedder = self.embedder
-        matrix = self._label_vectors(on_progress).matrix(embedder.model_id, chosen)
-        results = []
-        step = self.settings.index.batch_size or 32
-        for i in range(0, len(files), step):
-            batch = files[i : i + step]
-            scores = (
-                embedder.embed_images([q.load(f, self.settings.index.max_pixels, "label") for f in batch]) @ matrix.T
-            )
-            probs = lb.probabilities(scores, embedder.logit_scale, embedder.logit_bias)
-            for f, s, p in zip(batch, scores, probs, strict=True):
-                order = np.argsort(-p, kind="stable")
-                results.append(LabelResult(f, [LabelScore(chosen[j].name, float(p[j]), float(s[j])) for j in order]))
-        return results
+        matrix = self.label_vectors(on_progress).matrix(embedder.model_id, chosen)
+        ix = self.settings.index
+        return lb.label_files(embedder, matrix, chosen, files, ix.batch_size, ix.max_pixels)
 
     def tag(
         self,
@@ -623,8 +541,7 @@ class Library:
         self._check_model()
         # No writer lock: each chunk is one transaction that reads, decides and writes, so tagging can
         # run beside `watch` (which holds the lock for as long as it runs).
-        root = _absolute(path_prefix) if path_prefix is not None else None
-        return self._tag(root, self._vocabulary(vocabulary), on_progress, stop)
+        return self._tag(_root(path_prefix), self._vocabulary(vocabulary), on_progress, stop)
 
     def _tag(
         self,
@@ -637,42 +554,23 @@ class Library:
 
         labels, name = vocabulary or self._vocabulary()
         rule = tagger.rule_of(self.settings.tagging)
-        vectors = self._label_vectors(on_progress)
+        vectors = self.label_vectors(on_progress)
         return tagger.tag(self.store, vectors, labels, name, rule, root, on_progress, stop)
 
     def tags(self) -> list[TagCount]:
         """Every tag in use with its image counts, most used first."""
-        from imgsearch.store import tags as sql
-
-        with self.store.read() as conn:
-            return [TagCount(label, auto, hand) for label, auto, hand in sql.counts(conn)]
+        return [TagCount(label, auto, hand) for label, auto, hand in self.store.tags.counts()]
 
     def set_tag(self, label: str, paths: Sequence[str | Path], present: bool = True) -> int:
         """Add (or remove) a tag by hand on indexed images: files, or every image under a folder.
 
         Hand tags and hand removals are never undone by the auto-tagger. Returns how many images changed.
         """
-        from imgsearch.store import tags as sql
-
-        name = " ".join(label.split())
-        if not name or "," in name or "|" in name:
-            raise UsageError(f"tag: not a usable tag name: {label!r}")
-        with self.store.write() as conn:  # one short transaction; works while `watch` runs
-            targets: list[str] = []
-            for p in paths:
-                found = sql.indexed_paths(conn, _absolute(p))
-                if not found:
-                    raise UsageError(f"tag: {p} is not indexed (run `imgsearch index` on it first)")
-                targets.extend(found)
-            return sql.set_hand_tag(conn, list(dict.fromkeys(targets)), name, present)
+        return self.store.tags.set_hand(label, [_absolute(p) for p in paths], present)
 
     def tag_records(self, path_prefix: str | Path | None = None) -> list[TagRecord]:
         """Every tag of every indexed image (under path_prefix), by path; tags removed by hand are left out."""
-        from imgsearch.store import tags as sql
-
-        root = _absolute(path_prefix) if path_prefix is not None else None
-        with self.store.read() as conn:
-            return list(sql.rows(conn, root))
+        return self.store.tags.rows(_root(path_prefix))
 
     def export_xmp(self, path_prefix: str | Path | None = None, naming: str = "full") -> ExportReport:
         """Write each indexed image's tags to its XMP sidecar (dc:subject), never touching the image.
@@ -682,35 +580,20 @@ class Library:
         "stem" (photo.xmp). A sidecar that cannot be read or written is reported, not fatal.
         """
         from imgsearch import xmp
-        from imgsearch.store import tags as sql
 
-        root = _absolute(path_prefix) if path_prefix is not None else None
         subjects: dict[str, list[str]] = {}
         for record in self.tag_records(path_prefix):
             subjects.setdefault(record.path, []).append(record.label)
-        with self.store.read() as conn:
-            paths = sql.indexed_paths(conn, root)
-        report = ExportReport()
-        for path in paths:  # untagged images too: an earlier export's keywords may have to go
-            sidecar = xmp.sidecar_path(path, naming)
-            before = _stamp(sidecar)
-            try:
-                xmp.write_subjects(path, subjects.get(path, []), naming)
-            except xmp.XmpError as exc:
-                report.failed.append(Skipped(str(sidecar), str(exc)))
-                continue
-            if _stamp(sidecar) != before:
-                report.written += 1
-            elif path in subjects:
-                report.unchanged += 1
-        return report
+        # untagged images too: an earlier export's keywords may have to go
+        return xmp.export(self.store.tags.indexed_paths(_root(path_prefix)), subjects, naming)
 
     def _vocabulary(self, path: str | None = None) -> tuple[list[Label], str]:
         from imgsearch.search.labels import load_vocabulary
 
         return load_vocabulary(self.settings.tagging.vocabulary if path is None else path)
 
-    def _label_vectors(self, on_progress: OnProgress = _ignore) -> LabelVectors:
+    def label_vectors(self, on_progress: OnProgress = _ignore) -> LabelVectors:
+        """Label and prompt embeddings through the database cache (the model loads only for new prompts)."""
         from imgsearch.search.tagger import LabelVectors
 
         return LabelVectors(self.store, lambda: self.embedder, self.settings.tagging.templates, on_progress)
@@ -740,9 +623,8 @@ class Library:
             raise UsageError("export: the shard size must be at least 1")
         if self.store.count() == 0:
             raise self._empty()
-        root = _absolute(path_prefix) if path_prefix is not None else None
         size = shard_size or exchange.SHARD_SIZE
-        return exchange.export(self.store, Path(out).expanduser(), root, size, on_progress)
+        return exchange.export(self.store, Path(out).expanduser(), _root(path_prefix), size, on_progress)
 
     def import_embeddings(
         self,
@@ -801,11 +683,12 @@ class Library:
         model_id, dim = store.model()
         updated = store.get_meta("updated_at")
         count = store.count()
+        database_bytes, index_bytes = store.sizes()
         if store.postgres:
-            index_type, (database_bytes, index_bytes) = "pgvector-hnsw", store.sizes()
+            index_type = "pgvector-hnsw"
         else:
             index_type = store.get_meta("index_type") or choose_params(self.settings.search, count).kind
-            database_bytes, index_bytes = _size(self.settings.database_path), _size(self.settings.vector_index_path)
+            index_bytes = self.cache.file_bytes()
         runtime, decision = plan(self.settings)
         return Status(
             home=str(self.settings.home),
@@ -877,14 +760,10 @@ class _QueryEncoder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         from imgsearch.embed import configured_model_id
 
-        return self.lib._label_vectors().encode(configured_model_id(self.lib.settings), texts)
+        return self.lib.label_vectors().encode(configured_model_id(self.lib.settings), texts)
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.lib.embedder.embed_images(images)
-
-
-# Contrasting prompts that fit any picture a little: a query must beat them too.
-GENERIC_LABELS = ("thing", "object", "scene", "picture", "pattern")
 
 
 def _unique(labels: Sequence[Label]) -> list[Label]:
@@ -901,17 +780,6 @@ def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _size(path: Path) -> int:
-    total = 0
-    for p in (path, path.with_name(path.name + "-wal")):
-        with suppress(OSError):
-            total += p.stat().st_size
-    return total
+def _root(path_prefix: str | Path | None) -> str | None:
+    """A folder filter as the store compares it: absolute, or None for everything."""
+    return _absolute(path_prefix) if path_prefix is not None else None

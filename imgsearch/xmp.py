@@ -30,11 +30,12 @@ import re
 import secrets
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.errors import XmpError
+from imgsearch.types import ExportReport, Skipped
 
 NAMINGS = ("full", "stem")
 
@@ -102,6 +103,33 @@ class _List:
     prop: ET.Element
     container: ET.Element
     new: bool = False  # made by this call
+
+
+def export(paths: Sequence[str], subjects: Mapping[str, Sequence[str]], naming: str = "full") -> ExportReport:
+    """Write each image's keywords (subjects[path]; none: an earlier export's keywords may have to go) into its
+    sidecar. A sidecar that cannot be read or written is reported, not fatal; one left as it was is counted."""
+    report = ExportReport()
+    for path in paths:
+        sidecar = sidecar_path(path, naming)
+        before = _stamp(sidecar)
+        try:
+            write_subjects(path, subjects.get(path, []), naming)
+        except XmpError as exc:
+            report.failed.append(Skipped(str(sidecar), str(exc)))
+            continue
+        if _stamp(sidecar) != before:
+            report.written += 1
+        elif path in subjects:
+            report.unchanged += 1
+    return report
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def sidecar_path(image_path: str | Path, naming: str = "full") -> Path:

@@ -60,7 +60,7 @@ def test_label_ranks_the_true_class_first(lib: Library, shapes) -> None:  # type
 
 def test_prompt_ensembling_is_the_normalised_mean_of_the_template_embeddings(lib: Library) -> None:
     labels = lb.parse_labels("red circle,blue")
-    matrix = lib._label_vectors().matrix(lib.embedder.model_id, labels)
+    matrix = lib.label_vectors().matrix(lib.embedder.model_id, labels)
     for row, name in zip(matrix, ["red circle", "blue"], strict=True):
         prompts = [t.format(name) for t in tinyclip.TEMPLATES]
         mean = lib.embedder.embed_texts(prompts).mean(axis=0)
@@ -68,10 +68,10 @@ def test_prompt_ensembling_is_the_normalised_mean_of_the_template_embeddings(lib
 
 
 def test_label_vectors_are_cached_per_model(lib: Library) -> None:
-    vectors = lib._label_vectors()
+    vectors = lib.label_vectors()
     vectors.matrix(lib.embedder.model_id, lb.parse_labels("red,green"))
     assert vectors.embedded == 6  # 2 labels x 3 templates
-    again = lib._label_vectors()
+    again = lib.label_vectors()
     again.matrix(lib.embedder.model_id, lb.parse_labels("green,red,blue"))
     assert again.embedded == 3  # only blue's prompts are new
 
@@ -264,6 +264,20 @@ def test_tag_filters_combine_with_text_queries(lib: Library, shapes, vocab: Path
     assert [h.score for h in alone] == sorted((h.score for h in alone), reverse=True)
     lib.set_tag("square", [alone[-1].path])  # by hand: listed first
     assert lib.query(tags=["square"], k=1)[0].path == alone[-1].path
+
+
+def test_a_tag_name_is_the_same_however_it_is_spaced(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    """One normalisation (whitespace runs collapsed, ends trimmed) wherever a tag name comes in: stored, filtered
+    on, ranked by. A tag given with extra spaces finds and ranks its images."""
+    folder, labels = shapes
+    lib.index([folder])
+    red = sorted(p for p in labels if "/red-" in p)
+    assert lib.set_tag("  golden   retriever ", red) == len(red)
+    assert {t.label for t in lib.tags()} == {"golden retriever"}
+    for spelled in ("golden retriever", " golden  retriever ", "golden\tretriever"):
+        assert sorted(h.path for h in lib.tagged([spelled], k=50)) == red, spelled
+        assert sorted(h.path for h in lib.query("a red circle", tags=[spelled], k=50)) == red, spelled
+    assert lib.set_tag("golden retriever ", red[:1], present=False) == 1
 
 
 def test_auto_tagging_as_images_are_indexed(home: Path, tiny, tiny_embedder, shapes, vocab: Path) -> None:  # type: ignore[no-untyped-def]

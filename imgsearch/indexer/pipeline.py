@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Connection
 
 from imgsearch import images
 from imgsearch.config import IndexSettings, SearchSettings
@@ -27,7 +26,7 @@ from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
 from imgsearch.indexer.scan import FileEntry, Scanner
 from imgsearch.store import cache, sync
-from imgsearch.store.repository import NewImage, Store, StoredImage
+from imgsearch.store.repository import NewImage, Store, StoredImage, Transaction
 from imgsearch.store.vectors import FaissIndex
 from imgsearch.types import IndexReport, Progress, Skipped, printable
 
@@ -93,20 +92,18 @@ def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progres
         on_skip=lambda path, reason: result.scan_skips.append(Skipped(path, reason)),
     )
     seen: set[str] = set()
-    with store.read() as conn:
-        for root in roots:
-            indexed = store.images_under(conn, root)
-            bad = store.skipped_under(conn, root)
-            for entry in scanner.scan(root):
-                if entry.path in seen:
-                    continue
-                seen.add(entry.path)
-                _sort(result, entry, indexed.get(entry.path), bad.get(entry.path))
-                if len(seen) % 500 == 0:
-                    on_progress(Progress("scan", len(seen)))
-            result.missing.update({p: row for p, row in indexed.items() if p not in seen})
-            refused = {printable(s.path) for s in result.scan_skips}
-            result.stale_skips.extend(p for p in bad if p not in seen and p not in refused)
+    for root in roots:
+        indexed, bad = store.known_under(root)  # nobody else changes images meanwhile: the caller holds the lock
+        for entry in scanner.scan(root):
+            if entry.path in seen:
+                continue
+            seen.add(entry.path)
+            _sort(result, entry, indexed.get(entry.path), bad.get(entry.path))
+            if len(seen) % 500 == 0:
+                on_progress(Progress("scan", len(seen)))
+        result.missing.update({p: row for p, row in indexed.items() if p not in seen})
+        refused = {printable(s.path) for s in result.scan_skips}
+        result.stale_skips.extend(p for p in bad if p not in seen and p not in refused)
     on_progress(Progress("scan", len(seen), len(seen)))
     return result
 
@@ -296,7 +293,7 @@ class Writer:
         self.report.removed += len(gone)
         self._apply([row.id for row in gone], [])
 
-    def _upsert(self, conn: Connection, r: Read, new: NewImage, removed: list[int]) -> int:
+    def _upsert(self, conn: Transaction, r: Read, new: NewImage, removed: list[int]) -> int:
         """Write a file's row: in place (same id) if the path was indexed before, else a new row."""
         self.store.forget_skipped(conn, [r.entry.path])
         if r.old is None:
@@ -305,7 +302,7 @@ class Writer:
         return self.store.replace_image(conn, r.old.id, new)
 
     def _write_deferred(
-        self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
+        self, conn: Transaction, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
     ) -> None:
         e = r.entry
         if r.gone or r.error is not None:
@@ -321,7 +318,7 @@ class Writer:
             self._write_duplicate(conn, r, removed, added)
 
     def _write_duplicate(
-        self, conn: Connection, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
+        self, conn: Transaction, r: Read, removed: list[int], added: list[tuple[int, np.ndarray]]
     ) -> None:
         e = r.entry
         moved = [d for d in r.duplicates if self.plan.missing.get(d.path) == d]

@@ -1,4 +1,4 @@
-"""Zero-shot labels: vocabularies, prompt ensembling, probabilities and the tagging rule. numpy only.
+"""Zero-shot labels: vocabularies, prompt ensembling, probabilities, the tagging rule, and labelling files.
 
 A label is a tag name and the phrases that describe it (synonyms). Each phrase goes into every
 prompt template ("a photo of a {}."); the label's vector is the normalised mean of all those prompt
@@ -16,10 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgsearch.errors import ConfigError, UsageError
+from imgsearch.types import LabelResult, LabelScore
+
+if TYPE_CHECKING:
+    from imgsearch.embed import Embedder
 
 BUILTIN = "built-in"
 
@@ -184,3 +189,21 @@ def _threshold(text: str, where: str) -> float:
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def label_files(
+    embedder: Embedder, matrix: np.ndarray, labels: Sequence[Label], files: Sequence[str], batch: int, max_pixels: int
+) -> list[LabelResult]:
+    """Each file's labels, most probable first: its embedding against the label matrix [labels, dim], a batch of
+    files per model call. Probabilities are among the labels given (softmax; independent sigmoids for SigLIP)."""
+    from imgsearch.search.query import load
+
+    results = []
+    for i in range(0, len(files), batch):
+        part = files[i : i + batch]
+        scores = embedder.embed_images([load(f, max_pixels, "label") for f in part]) @ matrix.T
+        probs = probabilities(scores, embedder.logit_scale, embedder.logit_bias)
+        for f, s, p in zip(part, scores, probs, strict=True):
+            order = np.argsort(-p, kind="stable")
+            results.append(LabelResult(f, [LabelScore(labels[j].name, float(p[j]), float(s[j])) for j in order]))
+    return results

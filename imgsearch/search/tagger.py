@@ -9,12 +9,10 @@ in the database, so a later pass, or a vocabulary with a few new lines, costs (n
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,17 +20,13 @@ from imgsearch.config import TaggingSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import InterruptedRun, StoreError
 from imgsearch.search.labels import Label, Rule, choose, label_vectors, probabilities, rule_key
-from imgsearch.store import tags as sql
 from imgsearch.store.repository import Store
+from imgsearch.store.tags import AUTO, AutoTag
 from imgsearch.types import Progress, TagReport
-
-if TYPE_CHECKING:
-    from sqlalchemy import Connection
 
 CHUNK = 4096  # images scored and written per transaction
 TEXT_BATCH = 64  # prompts per model call
 SAME_PROBABILITY = 0.005  # a kept tag whose probability moved less than this is not rewritten
-LOGIT_META = "logit_params"
 
 
 class LabelVectors:
@@ -57,20 +51,16 @@ class LabelVectors:
 
     def logit_params(self, model_id: str) -> tuple[float, float | None]:
         """The model's (logit scale, logit bias), remembered so that tagging needs no model load."""
-        stored = self.store.get_meta(LOGIT_META)
-        if stored:
-            params = json.loads(stored)
-            if params["model"] == model_id:
-                return float(params["scale"]), params["bias"]
+        remembered = self.store.tags.logit_params(model_id)
+        if remembered is not None:
+            return remembered
         embedder = self._model(model_id)
-        with self.store.write() as conn:
-            self._remember_logits(conn, embedder)
+        self.store.tags.remember_logits(model_id, (embedder.logit_scale, embedder.logit_bias))
         return embedder.logit_scale, embedder.logit_bias
 
     def encode(self, model_id: str, texts: Sequence[str]) -> np.ndarray:
         """Unit text embeddings [len(texts), dim]: from the cache where seen before, else through the model."""
-        with self.store.read() as conn:
-            found = sql.cached_text_vectors(conn, model_id, texts)
+        found = self.store.tags.cached_text_vectors(model_id, texts)
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             embedder = self._model(model_id)
@@ -80,9 +70,8 @@ class LabelVectors:
                 fresh.update(zip(part, embedder.embed_texts(part), strict=True))
                 self.on_progress(Progress("labels", len(fresh), len(missing)))
             # A cache that cannot be written (a read-only home, a full disk) costs only speed.
-            with suppress(StoreError, OSError), self.store.write() as conn:
-                sql.cache_text_vectors(conn, model_id, fresh)
-                self._remember_logits(conn, embedder)
+            with suppress(StoreError, OSError):
+                self.store.tags.cache_text_vectors(model_id, fresh, (embedder.logit_scale, embedder.logit_bias))
             found.update(fresh)
             self.embedded += len(missing)
         return np.stack([found[t] for t in texts])
@@ -92,10 +81,6 @@ class LabelVectors:
         if embedder.model_id != model_id:  # Library checks this first; a guard against caching under a wrong id
             raise RuntimeError(f"label vectors for {model_id} asked of model {embedder.model_id}")
         return embedder
-
-    def _remember_logits(self, conn: Connection, embedder: Embedder) -> None:
-        value = {"model": embedder.model_id, "scale": embedder.logit_scale, "bias": embedder.logit_bias}
-        self.store.set_meta(conn, LOGIT_META, json.dumps(value))
 
 
 def rule_of(settings: TaggingSettings) -> Rule:
@@ -119,13 +104,25 @@ def tag(
     if model_id is None:
         return report
     key = rule_key(model_id, labels, vectors.templates, rule)
-    with store.read() as conn:
-        total = sql.count_untagged(conn, key, root)
+    total = store.tags.count_untagged(key, root)
     if total:
         matrix = vectors.matrix(model_id, labels)
-        scale, bias = vectors.logit_params(model_id)
+        logits = vectors.logit_params(model_id)
+
+        def decide(
+            paths: list[str], vecs: np.ndarray, current: dict[str, dict[str, tuple[str, float | None]]]
+        ) -> list[tuple[str, list[AutoTag], list[str]]]:
+            scores = vecs @ matrix.T
+            chosen = choose(scores, probabilities(scores, *logits), labels, rule, logits[0])
+            return [
+                (path, *_diff(path, [AutoTag(labels[c.label].name, c.score, c.probability) for c in choices],
+                              current[path], report))
+                for path, choices in zip(paths, chosen, strict=True)
+            ]  # fmt: skip
+
         on_progress(Progress("tag", 0, total))
-        while _tag_chunk(store, key, root, matrix, (scale, bias), labels, rule, report):
+        while done := store.tags.tag_chunk(key, root, CHUNK, decide):
+            report.images += done
             on_progress(Progress("tag", report.images, total))
             if stop is not None and stop.is_set():
                 raise InterruptedRun(f"interrupted: {report.images} images tagged; run `imgsearch tag` again to finish")
@@ -134,50 +131,19 @@ def tag(
     return report
 
 
-def _tag_chunk(
-    store: Store,
-    key: str,
-    root: str | None,
-    matrix: np.ndarray,
-    logits: tuple[float, float | None],
-    labels: Sequence[Label],
-    rule: Rule,
-    report: TagReport,
-) -> bool:
-    """Score, choose and write one chunk of untagged images; False when none are left."""
-    with store.write() as conn:
-        ids, paths, vecs = sql.untagged(conn, key, root, CHUNK)
-        if not paths:
-            return False
-        scores = vecs @ matrix.T
-        chosen = choose(scores, probabilities(scores, *logits), labels, rule, logits[0])
-        current = sql.tags_of(conn, paths)
-        for path, choices in zip(paths, chosen, strict=True):
-            wanted = [sql.AutoTag(labels[c.label].name, c.score, c.probability) for c in choices]
-            _write_diff(conn, path, wanted, current[path], report)
-        sql.mark_tagged(conn, [int(i) for i in ids], key)
-    report.images += len(paths)
-    return True
-
-
-def _write_diff(
-    conn: Connection,
-    path: str,
-    wanted: list[sql.AutoTag],
-    current: dict[str, tuple[str, float | None]],
-    report: TagReport,
-) -> None:
-    """Write what differs between the tags the rule wants and the image's stored auto tags."""
-    people = {label for label, (source, _) in current.items() if source != sql.AUTO}
+def _diff(
+    path: str, wanted: list[AutoTag], current: dict[str, tuple[str, float | None]], report: TagReport
+) -> tuple[list[AutoTag], list[str]]:
+    """What differs between the tags the rule wants and the image's stored auto tags: (to write, to remove)."""
+    people = {label for label, (source, _) in current.items() if source != AUTO}
     wanted = [t for t in wanted if t.label.casefold() not in people]
-    stored = {label: p or 0.0 for label, (source, p) in current.items() if source == sql.AUTO}
+    stored = {label: p or 0.0 for label, (source, p) in current.items() if source == AUTO}
     keep = {t.label.casefold() for t in wanted}
     remove = [label for label in stored if label not in keep]
     # A new label shifts every probability a little; only a material change is worth a write.
     write = [t for t in wanted if abs(stored.get(t.label.casefold(), -1.0) - t.probability) > SAME_PROBABILITY]
-    if remove or write:
-        sql.replace_auto_tags(conn, path, write, remove)
     new = sum(t.label.casefold() not in stored for t in wanted)
     report.added += new
     report.removed += len(remove)
     report.changed += bool(new or remove)
+    return write, remove

@@ -1,4 +1,5 @@
-"""All SQL lives here. SQLite in WAL mode (writes in BEGIN IMMEDIATE transactions) or PostgreSQL with
+"""The images, their vectors and the home's metadata (store/tags.py has the tags; store/ holds all SQL).
+SQLite in WAL mode (writes in BEGIN IMMEDIATE transactions) or PostgreSQL with
 pgvector (writes serialised on an advisory lock, so that index/watch processes on several machines can
 share one database); schema by Alembic, the same revisions for both.
 
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import (
@@ -42,13 +43,18 @@ from imgsearch.store.coltypes import POSTGRES, Embedding, insert_into, register
 from imgsearch.store.schema import image_tags, images, meta, roots, skipped
 from imgsearch.types import ImageInfo, Skipped
 
+if TYPE_CHECKING:
+    from imgsearch.store.tags import TagStore
+
+# A transaction a caller runs several operations in (the pipeline's writer): opened by Store.read/write.
+Transaction = Connection
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two equal). A database already there opens
 # without importing Alembic at all, which is a fifth of a second of every cold query.
 HEAD = "0004"
 # pg_advisory_xact_lock key of imgsearch's write transactions in PostgreSQL ("imgs" in ASCII).
 WRITE_LOCK = 0x696D6773
-TagFilter = ColumnElement[bool]  # made by tags.with_all
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,13 @@ class Store:
         except DatabaseError as exc:
             self.engine.dispose()
             raise StoreError(f"cannot open the database {self.name}: {first_line(exc.orig)}") from None
+
+    @property
+    def tags(self) -> TagStore:
+        """The images' tags and the cached label embeddings (store/tags.py)."""
+        from imgsearch.store.tags import TagStore
+
+        return TagStore(self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -211,7 +224,10 @@ class Store:
             raise mismatch(current, model_id)
 
     def sizes(self) -> tuple[int, int]:
-        """PostgreSQL: bytes of the whole database and of the vector index (what `status` shows)."""
+        """Bytes of the whole database and of its vector index (what `status` shows): SQLite's file with its
+        write-ahead log (no vector index: the FAISS file is a cache outside the database), or PostgreSQL's."""
+        if self.path is not None:
+            return sum(_file_size(p) for p in (self.path, self.path.with_name(self.path.name + "-wal"))), 0
         with self.read() as conn:
             total = conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one()
             index = conn.exec_driver_sql("SELECT pg_relation_size(to_regclass('ix_images_vector'))").scalar()
@@ -225,6 +241,12 @@ class Store:
                 return self.count(c)
         return int(conn.execute(select(func.count()).select_from(images)).scalar_one())
 
+    def known_under(self, root: str) -> tuple[dict[str, StoredImage], dict[str, tuple[int, int]]]:
+        """What the index knows of the files under root, read together: the images by path, and the files that
+        failed before by path, with the (size, mtime_ns) they failed at."""
+        with self.read() as conn:
+            return self.images_under(conn, root), self.skipped_under(conn, root)
+
     def images_under(self, conn: Connection, root: str) -> dict[str, StoredImage]:
         cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash)
         stmt = select(*cols).where(under(images.c.path, root))
@@ -236,6 +258,11 @@ class Store:
         with self.read() as conn:
             rows = conn.execute(select(*cols).where(images.c.content_hash == content_hash).order_by(images.c.id))
             return [StoredImage(*row) for row in rows]
+
+    def vector_of(self, image_id: int) -> np.ndarray:
+        """The stored vector of an indexed image ("more like this", the no-match test)."""
+        with self.read() as conn:
+            return self.embedding_of(conn, image_id)[0]
 
     def embedding_of(self, conn: Connection, image_id: int) -> tuple[np.ndarray, int, int]:
         """(vector, width, height) of an indexed image, to copy onto a duplicate file."""
@@ -310,7 +337,7 @@ class Store:
         k: int,
         *,
         root: str | None = None,
-        tagged: TagFilter | None = None,
+        tags: Sequence[str] = (),
         include_generated: bool = False,
         ef_search: int = 100,
     ) -> list[tuple[int, str, float]]:
@@ -321,8 +348,10 @@ class Store:
         stmt = select(images.c.id, images.c.path, distance).order_by(distance).limit(k)
         if root is not None:
             stmt = stmt.where(under(images.c.path, root))
-        if tagged is not None:
-            stmt = stmt.where(tagged)
+        if tags:
+            from imgsearch.store.tags import with_all
+
+            stmt = stmt.where(with_all(tags))
         if not include_generated:
             stmt = stmt.where(~images.c.generated)
         with self.read() as conn:
@@ -417,21 +446,33 @@ class Store:
 
     # roots
 
-    def add_roots(self, conn: Connection, paths: Iterable[str]) -> None:
-        for p in paths:
-            stmt = insert_into(conn, roots).values(path=p, added_at=time.time()).on_conflict_do_nothing()
-            conn.execute(stmt)
+    def add_roots(self, paths: Iterable[str], clear: bool = False) -> None:
+        """Record folders as indexed (`index` with no folder re-scans them); with clear, first forget every
+        image (a rebuild with another model: roots and hand tags are kept)."""
+        with self.write() as conn:
+            if clear:
+                self._clear_images(conn)
+                self.bump_generation(conn)
+            for p in paths:
+                stmt = insert_into(conn, roots).values(path=p, added_at=time.time()).on_conflict_do_nothing()
+                conn.execute(stmt)
 
     def roots(self) -> list[str]:
         with self.read() as conn:
             return list(conn.execute(select(roots.c.path).order_by(roots.c.path)).scalars())
 
-    def clear_images(self, conn: Connection) -> None:
-        """Forget every vector (for a rebuild with another model); roots are kept."""
+    def _clear_images(self, conn: Connection) -> None:
         conn.execute(delete(images))
         conn.execute(delete(image_tags).where(image_tags.c.source == "auto"))  # hand tags find their files again
         conn.execute(delete(skipped))
         conn.execute(delete(meta).where(meta.c.key.in_(["model_id", "dim"])))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def mismatch(indexed: str, configured: str) -> ModelMismatchError:

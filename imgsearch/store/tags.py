@@ -1,26 +1,140 @@
-"""The SQL of tags and of cached label embeddings.
+"""The SQL of tags and of cached label embeddings; TagStore is what the layers above use.
 
 Tags live in `image_tags`, keyed by image path. The auto-tagger owns the rows with source "auto";
 rows a person made ("hand", or "rejected" for a tag removed by hand) are never touched by it.
 `images.tags_key` records what each image was last auto-tagged against, so that `tag` only
-re-examines images that are new, changed, or tagged under another vocabulary or rule.
+re-examines images that are new, changed, or tagged under another vocabulary or rule. A tag name is compared in
+one normal form (`normal`) wherever it comes in: stored, filtered on, ranked by.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, or_, select, true, update
 
+from imgsearch.errors import UsageError
 from imgsearch.store.coltypes import insert_into
-from imgsearch.store.repository import chunks, under
+from imgsearch.store.repository import Store, chunks, under
 from imgsearch.store.schema import image_tags, images, text_vectors
 from imgsearch.types import TagRecord
 
 AUTO, HAND, REJECTED = "auto", "hand", "rejected"
+LOGIT_META = "logit_params"  # the model's logit scale and bias, so that tagging needs no model load
+
+
+def normal(label: str) -> str:
+    """A tag name as it is stored, filtered on and ranked by: whitespace runs one space, none at the ends."""
+    return " ".join(label.split())
+
+
+def usable(label: str) -> str:
+    """The normal name of a tag given by hand, or UsageError: empty, or with "," or "|" (vocabulary syntax)."""
+    name = normal(label)
+    if not name or "," in name or "|" in name:
+        raise UsageError(f"tag: not a usable tag name: {label!r}")
+    return name
+
+
+class TagStore:
+    """The tags of a store's images and its cached label embeddings: every operation one transaction."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def cached_text_vectors(self, model_id: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        with self.store.read() as conn:
+            return cached_text_vectors(conn, model_id, texts)
+
+    def cache_text_vectors(
+        self, model_id: str, vectors: Mapping[str, np.ndarray], logits: tuple[float, float | None]
+    ) -> None:
+        """Keep prompt embeddings, and the model's logit parameters with them."""
+        with self.store.write() as conn:
+            cache_text_vectors(conn, model_id, vectors)
+            self._remember_logits(conn, model_id, logits)
+
+    def logit_params(self, model_id: str) -> tuple[float, float | None] | None:
+        """The model's (logit scale, logit bias) as remembered, or None."""
+        stored = self.store.get_meta(LOGIT_META)
+        params = json.loads(stored) if stored else None
+        if params is None or params["model"] != model_id:
+            return None
+        return float(params["scale"]), params["bias"]
+
+    def remember_logits(self, model_id: str, logits: tuple[float, float | None]) -> None:
+        with self.store.write() as conn:
+            self._remember_logits(conn, model_id, logits)
+
+    def _remember_logits(self, conn: Connection, model_id: str, logits: tuple[float, float | None]) -> None:
+        value = {"model": model_id, "scale": logits[0], "bias": logits[1]}
+        self.store.set_meta(conn, LOGIT_META, json.dumps(value))
+
+    def count_untagged(self, key: str, root: str | None) -> int:
+        with self.store.read() as conn:
+            return count_untagged(conn, key, root)
+
+    def tag_chunk(self, key: str, root: str | None, limit: int, decide: Decide) -> int:
+        """Tag up to `limit` images not yet tagged under `key`, in one transaction that reads, decides and writes:
+        decide(paths, vectors, current tags) gives (path, tags to write, auto labels to remove) for each. Returns
+        how many images it covered (0: none left)."""
+        with self.store.write() as conn:
+            ids, paths, vectors = untagged(conn, key, root, limit)
+            if not paths:
+                return 0
+            for path, write, remove in decide(paths, vectors, tags_of(conn, paths)):
+                if write or remove:
+                    replace_auto_tags(conn, path, write, remove)
+            mark_tagged(conn, [int(i) for i in ids], key)
+        return len(paths)
+
+    def set_hand(self, label: str, roots: Sequence[str], present: bool) -> int:
+        """Add (or remove) a tag by hand on the indexed images at or under each root; how many changed.
+        UsageError for a tag name that cannot be one, or a root with nothing indexed."""
+        name = usable(label)
+        with self.store.write() as conn:  # one short transaction; works while `watch` runs
+            targets: list[str] = []
+            for root in roots:
+                found = indexed_paths(conn, root)
+                if not found:
+                    raise UsageError(f"tag: {root} is not indexed (run `imgsearch index` on it first)")
+                targets.extend(found)
+            return set_hand_tag(conn, list(dict.fromkeys(targets)), name, present)
+
+    def counts(self) -> list[tuple[str, int, int]]:
+        with self.store.read() as conn:
+            return counts(conn)
+
+    def of_path(self, path: str) -> list[tuple[str, str, float | None]]:
+        with self.store.read() as conn:
+            return of_path(conn, path)
+
+    def rows(self, root: str | None) -> list[TagRecord]:
+        with self.store.read() as conn:
+            return list(rows(conn, root))
+
+    def indexed_paths(self, root: str | None) -> list[str]:
+        with self.store.read() as conn:
+            return indexed_paths(conn, root)
+
+    def ids_with_all(self, labels: Sequence[str], root: str | None) -> np.ndarray:
+        with self.store.read() as conn:
+            return ids_with_all(conn, labels, root)
+
+    def ranked(self, label: str, ids: np.ndarray) -> list[tuple[int, str, str, float | None]]:
+        with self.store.read() as conn:
+            return ranked(conn, label, ids)
+
+
+# (paths, vectors, {path: {label: (source, probability)}}) -> [(path, tags to write, auto labels to remove)]
+Decide = Callable[
+    [list[str], np.ndarray, dict[str, dict[str, tuple[str, float | None]]]],
+    Iterable[tuple[str, Sequence["AutoTag"], Sequence[str]]],
+]
 
 
 @dataclass(frozen=True)
@@ -129,6 +243,7 @@ def forget_tagging(conn: Connection) -> None:
 def set_hand_tag(conn: Connection, paths: Sequence[str], label: str, present: bool) -> int:
     """Add (present) or remove a tag by hand on indexed images; returns how many images changed."""
     source = HAND if present else REJECTED
+    label = normal(label)
     changed = 0
     current = tags_of(conn, paths)
     now = time.time()
@@ -169,7 +284,7 @@ def counts(conn: Connection) -> list[tuple[str, int, int]]:
 def with_all(labels: Sequence[str]) -> ColumnElement[bool]:
     """The image carries every one of `labels` (by hand or automatically): a filter on `images`."""
     condition: ColumnElement[bool] = true()
-    for label in labels:
+    for label in map(normal, labels):
         tagged = select(image_tags.c.path).where((image_tags.c.label == label) & (image_tags.c.source != REJECTED))
         condition = condition & images.c.path.in_(tagged)
     return condition
@@ -194,6 +309,7 @@ def of_path(conn: Connection, path: str) -> list[tuple[str, str, float | None]]:
 def ranked(conn: Connection, label: str, ids: np.ndarray) -> list[tuple[int, str, str, float | None]]:
     """(id, path, source, probability) of images among `ids` tagged `label`: hand tags first, then by probability."""
     out: list[tuple[int, str, str, float | None]] = []
+    label = normal(label)
     for chunk in chunks([int(i) for i in ids], 500):
         stmt = (
             select(images.c.id, images.c.path, image_tags.c.source, image_tags.c.probability)
