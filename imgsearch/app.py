@@ -43,7 +43,7 @@ from imgsearch.types import (
 )
 
 if TYPE_CHECKING:
-    from imgsearch.embed import Embedder
+    from imgsearch.embed import DifferentiableClip, Embedder
     from imgsearch.indexer.pipeline import MakeReader, OnProgress
     from imgsearch.search.engine import SearchEngine
     from imgsearch.search.labels import Label
@@ -67,7 +67,7 @@ class Library:
         self._cache: VectorCache | None = None
         self.lock = WriterLock(settings.home)
         self._loading = threading.Lock()  # a server's threads must not load the model twice
-        self._torch_embedder: Embedder | None = None
+        self._torch_embedder: DifferentiableClip | None = None
 
     @classmethod
     def open(
@@ -116,15 +116,16 @@ class Library:
                 self._embedder = load_embedder(self.settings)
         return self._embedder
 
-    def _generation_embedder(self) -> Embedder:
+    def _differentiable(self) -> DifferentiableClip:
         """Generation differentiates through CLIP: the PyTorch model (fp32 on the CPU), even where OpenVINO or
         ONNX Runtime serves search."""
-        if self.embedder.runtime == "pytorch" and self.embedder.precision != "bf16":
-            return self.embedder
+        from imgsearch.embed import differentiable, load_torch_embedder
+
+        found = differentiable(self.embedder)
+        if found is not None:
+            return found
         with self._loading:
             if self._torch_embedder is None:
-                from imgsearch.embed import load_torch_embedder
-
                 self._torch_embedder = load_torch_embedder(self.settings)
         return self._torch_embedder
 
@@ -477,7 +478,7 @@ class Library:
         )
         result = gen.run(
             request,
-            self._generation_embedder(),
+            self._differentiable(),
             self.settings.generate,
             self.settings.model_cache_dir,
             self.settings.generated_dir,
@@ -673,8 +674,6 @@ class Library:
     # reporting
 
     def status(self) -> Status:
-        import sqlite3  # the library SQLAlchemy's pysqlite driver runs on
-
         from imgsearch.embed.cpu import cpu_info
         from imgsearch.embed.loading import plan, torch_installed
         from imgsearch.store.sync import choose_params
@@ -701,7 +700,7 @@ class Library:
             index_bytes=index_bytes,
             updated_at=float(updated) if updated else None,
             roots=tuple(store.roots()),
-            sqlite_version="" if store.postgres else sqlite3.sqlite_version,
+            sqlite_version=store.sqlite_version(),
             database=store.name,
             runtime=runtime,
             precision=decision.precision if decision else "",

@@ -16,6 +16,7 @@ import click
 
 from imgsearch import render
 from imgsearch.errors import ImgSearchError
+from imgsearch.types import GENERATORS
 
 if TYPE_CHECKING:
     from imgsearch.app import Library
@@ -255,7 +256,7 @@ def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[A
 @click.option("--size", help="Side, or WIDTHxHEIGHT, in pixels (generate.size).")
 @click.option("--seed", type=click.IntRange(min=0), help="Same seed, same device: the same image.")
 @click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this picture instead of noise.")
-@click.option("--generator", type=click.Choice(["auto", "vqgan", "fourier"]), help="generate.generator")
+@click.option("--generator", type=click.Choice(list(GENERATORS)), help="generate.generator")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def generate(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from imgsearch.errors import ConfigError
+from imgsearch.types import GENERATORS
 
 ENV_PREFIX = "IMGSEARCH_"
 
@@ -152,9 +153,7 @@ class WatchSettings:
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    generator: str = _opt(
-        "auto", "auto (VQGAN if its weights can be had, else Fourier), vqgan or fourier", ("auto", "vqgan", "fourier")
-    )
+    generator: str = _opt("auto", "; ".join(f"{name}: {what}" for name, what in GENERATORS.items()), tuple(GENERATORS))
     vqgan_checkpoint: str = _opt(
         "vqgan_imagenet_f16_16384",
         "a taming-transformers VQGAN: a known name (fetched and cached on first use) or a local .ckpt file",

@@ -13,6 +13,13 @@ def printable(path: str) -> str:
 
 # PNG text chunks of a generated image start with this; the indexer marks such files as generated.
 PROVENANCE_PREFIX = "imgsearch:"
+# The generators of `generate`, by the name generate.generator and `--generator` take (config and the CLI read
+# this registry; imgsearch.generate implements them).
+GENERATORS: dict[str, str] = {
+    "auto": "VQGAN if its weights can be had, else Fourier",
+    "vqgan": "a taming-transformers VQGAN decoder's latent, kept on its codebook",
+    "fourier": "an image parameterised by its Fourier spectrum: no weights needed",
+}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ ONNX Runtime without them (embed/loading.py says which files and runtime, embed/
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from imgsearch.config import Settings
+    from imgsearch.embed.openclip import OpenClipEmbedder
 
 
 class Embedder(Protocol):
@@ -46,6 +47,32 @@ class Embedder(Protocol):
         ...
 
 
+class DifferentiableClip(Protocol):
+    """CLIP as generation needs it: a PyTorch model it can differentiate through (encode_image, encode_text),
+    its tokenizer (texts -> token tensor) and the device it runs on. The open_clip embedder is one."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def model(self) -> Any: ...  # a torch.nn.Module
+
+    @property
+    def tokenizer(self) -> Callable[[list[str]], Any]: ...  # texts -> a token tensor
+
+    @property
+    def device(self) -> Any: ...  # a torch.device
+
+
+def differentiable(embedder: Embedder) -> DifferentiableClip | None:
+    """The embedder itself when generation can differentiate through it (PyTorch, weights not cast to bf16)."""
+    if embedder.runtime != "pytorch" or embedder.precision == "bf16":
+        return None
+    from imgsearch.embed.openclip import OpenClipEmbedder
+
+    return embedder if isinstance(embedder, OpenClipEmbedder) else None
+
+
 def _any(settings: Settings) -> Embedder:
     from imgsearch.embed import loading
 
@@ -72,9 +99,10 @@ def load_embedder(settings: Settings) -> Embedder:
     return BACKENDS[settings.model.backend](settings)
 
 
-def load_torch_embedder(settings: Settings) -> Embedder:
+def load_torch_embedder(settings: Settings) -> OpenClipEmbedder:
     """The open_clip (PyTorch) embedder of the configured model, whatever model.backend says: generation
-    differentiates through it. fp32 on the CPU (gradients in bf16 are too coarse), fp16 autocast on CUDA."""
+    differentiates through it (a DifferentiableClip). fp32 on the CPU (gradients in bf16 are too coarse), fp16
+    autocast on CUDA."""
     from imgsearch.embed import loading
 
     if not loading.torch_installed():

@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgsearch.errors import UsageError, WeightsError
-from imgsearch.types import PROVENANCE_PREFIX, GenerationResult, Progress
+from imgsearch.types import GENERATORS, PROVENANCE_PREFIX, GenerationResult, Progress
 from imgsearch.version import __version__
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from imgsearch.config import GenerateSettings
-    from imgsearch.embed import Embedder
-
-GENERATORS = ("auto", "vqgan", "fourier")
+    from imgsearch.embed import DifferentiableClip
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def plan(request: Request, settings: GenerateSettings, on_gpu: bool) -> Plan:
 
 def run(
     request: Request,
-    embedder: Embedder,
+    clip: DifferentiableClip,
     settings: GenerateSettings,
     cache_dir: Path,
     out_dir: Path,
@@ -87,14 +85,13 @@ def run(
 
     from imgsearch.generate import optimize
 
-    model: Any = getattr(embedder, "model", None)
-    if model is None or not hasattr(model, "encode_image"):
-        raise UsageError("generate: the embedding backend does not expose a differentiable CLIP model (use open_clip)")
-    device = getattr(embedder, "device", torch.device("cpu"))
+    if request.generator not in GENERATORS:
+        raise UsageError(f"generate: unknown generator {request.generator!r} ({', '.join(GENERATORS)})")
+    device = clip.device
     p = plan(request, settings, device.type == "cuda")
     generator = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)
-    guide = optimize.Guide(model, embedder.tokenizer, device)  # type: ignore[attr-defined]
+    guide = optimize.Guide(clip.model, clip.tokenizer, device)
     param, used, width, height = _image_param(
         p, request.init_image, settings, cache_dir, download_timeout, device, generator, on_progress, on_notice
     )
@@ -119,7 +116,7 @@ def run(
         width=width,
         height=height,
         generator=used,
-        model_id=embedder.model_id,
+        model_id=clip.model_id,
         score_start=start,
         score=score,
         seconds=seconds,

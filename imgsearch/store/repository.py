@@ -241,6 +241,13 @@ class Store:
                 return self.count(c)
         return int(conn.execute(select(func.count()).select_from(images)).scalar_one())
 
+    def sqlite_version(self) -> str:
+        """The SQLite library the database runs on ("" for PostgreSQL): below 3.51.3 it has the WAL-reset bug."""
+        if self.postgres:
+            return ""
+        with self.read() as conn:
+            return str(conn.exec_driver_sql("SELECT sqlite_version()").scalar_one())
+
     def known_under(self, root: str) -> tuple[dict[str, StoredImage], dict[str, tuple[int, int]]]:
         """What the index knows of the files under root, read together: the images by path, and the files that
         failed before by path, with the (size, mtime_ns) they failed at."""

@@ -26,28 +26,12 @@ import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 # faiss's bundled SWIG stubs do not describe its numpy-friendly wrappers; treat the module as untyped.
 faiss: Any = importlib.import_module("faiss")
-
-
-class VectorIndex(Protocol):
-    """What the indexer and the query engine need from a vector index (FAISS here; pgvector later)."""
-
-    kind: str
-
-    def __len__(self) -> int: ...
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-
-    def remove(self, ids: np.ndarray) -> None: ...
-
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 KINDS = ("flat", "hnsw", "ivf")
