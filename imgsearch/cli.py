@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -349,10 +349,17 @@ def tag(ctx: click.Context, path_prefix: str | None, vocabulary: str | None, qui
     click.echo(render.to_json(report) if as_json else render.tag_report(report))
 
 
-@tag.command("add")
-@click.argument("label")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.pass_context
+def _by_hand(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """`tag add` / `tag remove`: a LABEL and the PATHS it goes on (files, or folders of indexed images)."""
+
+    def command(f: Callable[..., None]) -> click.Command:
+        paths = click.argument("paths", nargs=-1, required=True, type=click.Path())
+        return tag.command(name)(click.argument("label")(paths(click.pass_context(f))))
+
+    return command
+
+
+@_by_hand("add")
 def tag_add(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
     """Tag images by hand: files, or every indexed image under a folder. The auto-tagger keeps it."""
     with _library(ctx) as lib:
@@ -360,10 +367,7 @@ def tag_add(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
     click.echo(f"tagged {changed} images '{label}'")
 
 
-@tag.command("remove")
-@click.argument("label")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.pass_context
+@_by_hand("remove")
 def tag_remove(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
     """Remove a tag by hand; the auto-tagger will not add it back to these images."""
     with _library(ctx) as lib:

@@ -253,19 +253,8 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     @api.get("/api/status", response_model=StatusOut, summary="What is indexed")
     def status() -> StatusOut:
         st = lib.status()
-        return StatusOut(
-            version=__version__,
-            home=st.home,
-            images=st.images,
-            skipped=st.skipped,
-            model_id=st.model_id,
-            index_type=st.index_type,
-            public=public,
-            page_size=page_size,
-            generation_available=st.generation_available,
-            runtime=st.runtime,
-            precision=st.precision,
-        )
+        shown = {name: getattr(st, name) for name in StatusOut.model_fields if hasattr(st, name)}
+        return StatusOut(version=__version__, public=public, page_size=page_size, **shown)
 
     @api.get("/api/search", response_model=PageOut, responses=ERRORS, summary="Search by text, tags, or browse")
     def search(
