@@ -121,8 +121,12 @@ def test_bad_files_are_recorded_and_do_not_stop_the_run(lib: Library, shapes) ->
     assert "text.jpg" not in {Path(s.path).name for s in lib.skipped()}
 
 
-def test_interrupted_run_keeps_committed_batches_and_resumes(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+def test_interrupted_run_keeps_committed_batches_and_resumes(home: Path, tiny, tiny_embedder, shapes) -> None:  # type: ignore[no-untyped-def]
     folder, labels = shapes
+    # At most one batch in flight: the reader cannot hand over every file at once, so a stop after 9 files
+    # always comes with some of the 24 left (under load, the decode threads could otherwise outrun the loop).
+    overrides = {**tiny_overrides(tiny), "index.prefetch": "1"}
+    lib = Library(load_settings(home, overrides=overrides), embedder=tiny_embedder)
 
     def stop_part_way(event: Progress) -> None:
         if event.phase == "embed" and event.done >= 9:
@@ -136,6 +140,7 @@ def test_interrupted_run_keeps_committed_batches_and_resumes(lib: Library, shape
     assert resumed.embedded == len(labels) - committed and resumed.unchanged == committed
     assert lib.store.count() == len(labels)
     assert faiss_ids(lib) == sqlite_ids(lib)
+    lib.close()
 
 
 def test_index_built_with_another_model_is_refused(lib: Library, shapes, home: Path, vitb32_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
