@@ -75,8 +75,12 @@ class ModelSettings:
 @dataclass(frozen=True)
 class IndexSettings:
     extensions: list[str] = _opt(
-        ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"],
-        "file extensions that are indexed (case-insensitive)",
+        [
+            *("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "hif", "avif", "jxl"),
+            *("dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2", "rwl", "pef", "srw"),
+            *("x3f", "3fr", "fff", "iiq", "erf", "kdc", "dcr", "mrw", "mos", "mef", "gpr"),
+        ],
+        "file extensions that are indexed (case-insensitive); camera RAW files (dng, cr2, nef, ...) are read by LibRaw",
     )
     exclude: list[str] = _opt(
         [".*", "*.part", "*.crdownload", "*.tmp", "*~", "@eaDir", "#recycle"],

@@ -1,15 +1,17 @@
 """Decode one file into the RGB picture a person would see, or say exactly why not.
 
 EXIF orientation is applied; 16-bit and float images are scaled (not clipped) to 8 bits; palette
-and alpha images are composited on white; CMYK is converted; animations take their first frame;
-HEIC/HEIF decode when pillow-heif is installed. Large JPEGs are decoded at a reduced DCT scale that
-still leaves at least twice the model's input size, which is several times faster and keeps the
-embedding within the parity bound. Other very large images are box-reduced by a power of two
-straight after decoding, in their own mode, to no less than REDUCED_SIDE times the model's input
-size, so a 30 KB PNG of 170 million pixels costs its native pixels in memory and no more. A side
-longer than MAX_ASPECT times the other is cropped to its centre: CLIP only looks at the central
-square, and resizing a 1x100000 strip's short side up to the model's input size takes gigabytes.
-Any error a decoder raises on one file becomes that file's reason, never the end of a run.
+and alpha images are composited on white; CMYK is converted; animations take their first frame.
+Beyond what Pillow reads itself (AVIF among it), HEIC/HEIF decode through pi-heif (libheif), JPEG XL
+through pylibjxl (libjxl) and camera RAW files through LibRaw (imgsearch.raw). Large JPEGs
+are decoded at a reduced DCT scale that still leaves at least twice the model's input size, which is
+several times faster and keeps the embedding within the parity bound. Other very large images are
+box-reduced by a power of two straight after decoding, in their own mode, to no less than
+REDUCED_SIDE times the model's input size, so a 30 KB PNG of 170 million pixels costs its native
+pixels in memory and no more. A side longer than MAX_ASPECT times the other is cropped to its
+centre: CLIP only looks at the central square, and resizing a 1x100000 strip's short side up to the
+model's input size takes gigabytes. Any error a decoder raises on one file becomes that file's
+reason, never the end of a run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgsearch import raw
 from imgsearch.errors import ImageDecodeError
 from imgsearch.types import PROVENANCE_PREFIX
 
@@ -42,21 +45,31 @@ _SIGNATURES = {
     b"GIF89a": "GIF",
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
+    b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n": "JPEG XL",
 }
+# ISO-BMFF brands (bytes 8-12, after "ftyp") of the still-image formats
+_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIF", b"heix": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF"}
+_BRANDS |= {b"heim": "HEIF", b"heis": "HEIF", b"hevc": "HEIF", b"hevx": "HEIF", b"crx ": "CR3"}
+# Signatures of RAW formats that are not TIFF files
+_RAW_SIGNATURES = (b"FUJIFILMCCD-RAW", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FOVb", b"\x00MRM")
 
 _heif_registered = False
 
 
 def register_heif() -> None:
-    """Teach Pillow HEIC/HEIF if pillow-heif is installed (optional dependency)."""
+    """Teach Pillow HEIC/HEIF: pi-heif (libheif's decoder only; a dependency), else pillow-heif if installed."""
     global _heif_registered
     if _heif_registered:
         return
     _heif_registered = True
     try:
-        from pillow_heif import register_heif_opener
+        from pi_heif import register_heif_opener
     except ImportError:
-        return
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            return
     register_heif_opener()
 
 
@@ -114,29 +127,59 @@ def read_indexed(path: Path, content_hash: str) -> bytes:
     return data
 
 
-def decode(data: bytes, max_pixels: int, draft_side: int = 0) -> Image.Image:
+def decode(data: bytes, max_pixels: int, draft_side: int = 0, *, raw_file: bool = False) -> Image.Image:
     """An RGB image from encoded bytes. Raises ImageDecodeError with a short reason.
 
     With `draft_side` (the model's input size), a large image comes back reduced, its shorter side no
-    less than twice that (JPEG) or REDUCED_SIDE times that (other formats).
+    less than twice that (JPEG, a RAW's preview) or REDUCED_SIDE times that (other formats). With
+    `raw_file` (the file's name is a camera RAW's: raw.is_raw), the bytes go to LibRaw first.
     """
-    return decode_sized(data, max_pixels, draft_side)[0]
+    return decode_sized(data, max_pixels, draft_side, raw_file=raw_file)[0]
 
 
-def decode_sized(data: bytes, max_pixels: int, draft_side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+def decode_sized(
+    data: bytes, max_pixels: int, draft_side: int = 0, *, raw_file: bool = False
+) -> tuple[Image.Image, tuple[int, int]]:
     """decode, and the picture's own (width, height) upright: what the file holds, not the reduced size."""
     if not data:
         raise ImageDecodeError("empty file")
     register_heif()
     try:
-        return _decode(data, max_pixels, draft_side)
+        image, size = _decode(data, max_pixels, draft_side, raw_file)
+        return _to_rgb(_reduce(_crop_aspect(image), draft_side)), size
     except ImageDecodeError:
         raise
     except Exception as exc:  # a decoder's surprise on one file must not stop a run over thousands
         raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
 
 
-def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
+def _decode(data: bytes, max_pixels: int, draft_side: int, raw_file: bool) -> tuple[Image.Image, tuple[int, int]]:
+    """The picture upright, in its own mode, and its own size upright."""
+    if raw_file:
+        kind = _kind(data)
+        try:
+            found = raw.decode(data, max_pixels, draft_side, _picture)
+        except raw.UnreadableHeader:
+            if kind is None:  # LibRaw read past the end of a few bytes of text
+                raise ImageDecodeError("not an image (unrecognised format)") from None
+            raise
+        if found is not None:
+            return found
+        if kind is None:
+            raise ImageDecodeError("not an image (unrecognised format)")
+        if kind in ("TIFF", "CR3", "RAW"):
+            raise ImageDecodeError(f"camera RAW that LibRaw {raw.version()} cannot read (unknown camera or format)")
+        # else an ordinary image under a RAW's name (a JPEG saved as .dng): decoded as what it is
+    if _kind(data) == "JPEG XL":
+        return _decode_jxl(data, max_pixels)
+    return _decode_pillow(data, max_pixels, draft_side)
+
+
+def _picture(data: bytes, max_pixels: int, draft_side: int) -> Image.Image:
+    return _decode_pillow(data, max_pixels, draft_side)[0]
+
+
+def _decode_pillow(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -149,8 +192,54 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
             raise ImageDecodeError(f"corrupt or truncated image (unreadable header: {_short(exc)})") from None
         width, height = opened.size  # before a draft decode shrinks it
         image, turned = _load(opened, max_pixels, draft_side)
-        size = (height, width) if turned else (width, height)
-        return _to_rgb(_reduce(_crop_aspect(image), draft_side)), size
+        return image, (height, width) if turned else (width, height)
+
+
+def _decode_jxl(data: bytes, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+    """JPEG XL through libjxl, which turns the picture by the codestream's orientation. That orientation is the
+    one that counts: an Exif box in a JPEG XL file is not to be applied again (the JPEG XL specification)."""
+    try:
+        import pylibjxl
+    except ImportError:  # a base dependency; missing only in an install made without dependencies
+        raise ImageDecodeError("JPEG XL files need pylibjxl (pip install pylibjxl)") from None
+    try:
+        info = pylibjxl.probe(data)
+    except Exception as exc:
+        raise ImageDecodeError(f"corrupt or truncated image (unreadable header: {_short(exc)})") from None
+    width, height = int(info["width"]), int(info["height"])
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"decompression bomb ({width}x{height} pixels, limit index.max_pixels={max_pixels})")
+    if width == 0 or height == 0:
+        raise ImageDecodeError("image has no pixels")
+    try:
+        pixels = pylibjxl.decode(data)
+    except Exception as exc:
+        raise ImageDecodeError(f"corrupt or truncated image ({_short(exc)})") from None
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    return Image.fromarray(np.ascontiguousarray(pixels)), (width, height)
+
+
+def header_size(data: bytes, raw_file: bool = False) -> tuple[int, int]:
+    """(width, height) upright, from the file's header, or (0, 0) if it cannot be read. No pixels are decoded
+    (except a PNG's, to find its EXIF block)."""
+    register_heif()
+    if raw_file:
+        found = raw.size(data)
+        if found != (0, 0) or _kind(data) in (None, "TIFF", "CR3", "RAW"):
+            return found
+    try:
+        if _kind(data) == "JPEG XL":
+            import pylibjxl
+
+            info = pylibjxl.probe(data)
+            return int(info["width"]), int(info["height"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return upright_size(image)
+    except Exception:  # any decoder's complaint about one file is that file's reason, not the caller's end
+        return 0, 0
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
@@ -169,12 +258,22 @@ def _sideways(image: Image.Image) -> bool:
 
 def _unidentified(data: bytes) -> str:
     """Pillow knows no format for these bytes: say whether they start like an image that is cut short."""
-    kind = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
-    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        kind = "WebP"
+    kind = _kind(data)
     if kind is None:
         return "not an image (unrecognised format)"
     return f"corrupt or truncated image ({kind} signature, but the header cannot be read)"
+
+
+def _kind(data: bytes) -> str | None:
+    """What the first bytes say the file is ("JPEG", "HEIF", "TIFF", "RAW" ...), or None."""
+    kind = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is None and data[4:8] == b"ftyp":
+        kind = _BRANDS.get(data[8:12])
+    if kind is None and data.startswith(_RAW_SIGNATURES):
+        kind = "RAW"
+    return kind
 
 
 def _load(image: Image.Image, max_pixels: int, draft_side: int) -> tuple[Image.Image, bool]:

@@ -74,3 +74,118 @@ def rgb16_tiff(pixels: np.ndarray) -> bytes:
 def gray16(image: Image.Image, fmt: str) -> bytes:
     """A 16-bit grayscale PNG or TIFF (Pillow mode I;16) of an 8-bit picture, widened exactly."""
     return encode(Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257), fmt)
+
+
+# Phone and camera formats, written by their own encoders (pillow-heif writes HEIC, which pi-heif only reads;
+# Pillow writes AVIF; pylibjxl writes JPEG XL; pidng writes DNG).
+
+
+def heic(image: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:
+    """A HEIC of the stored pixels. An EXIF orientation becomes HEIF's own transform (irot/imir), as phones write
+    it: the pixels stay stored as given, and a reader turns them."""
+    import pillow_heif
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buf, quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def avif(image: Image.Image, quality: int = 85) -> bytes:
+    return encode(image, "AVIF", quality=quality)
+
+
+def jxl(image: Image.Image, distance: float = 1.0) -> bytes:
+    import pylibjxl
+
+    return bytes(pylibjxl.encode(np.ascontiguousarray(np.asarray(image.convert("RGB"))), effort=3, distance=distance))
+
+
+# XYZ (D65) to linear sRGB: as a DNG's ColorMatrix1, it makes the camera's RGB linear sRGB, so LibRaw's output
+# is the picture the mosaic was sampled from.
+XYZ_TO_SRGB = [3.2404542, -1.5371385, -0.4985314, -0.9692660, 1.8760108, 0.0415560, 0.0556434, -0.2040259, 1.0572252]
+WHITE = 4095  # 12-bit sensor values
+
+
+def bayer(image: Image.Image) -> np.ndarray:
+    """An RGGB Bayer mosaic of a picture, as a 12-bit sensor would record it (sRGB undone to linear light)."""
+    srgb = np.asarray(image.convert("RGB"), np.float64) / 255
+    lin = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    mosaic = np.empty(lin.shape[:2])
+    mosaic[0::2, 0::2] = lin[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = lin[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = lin[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = lin[1::2, 1::2, 2]
+    return (mosaic * WHITE).round().astype(np.uint16)
+
+
+def dng(
+    image: Image.Image,
+    orientation: int = 1,
+    preview: Image.Image | None = None,
+    make: str = "imgsearch",
+    size: tuple[int, int] | None = None,
+) -> bytes:
+    """A DNG (pidng) of a picture's RGGB mosaic, uncompressed 16-bit, tagged with an orientation; with `preview`,
+    a JPEG of it in a sub-IFD as cameras embed theirs. `size` makes the header claim another size than the data."""
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
+    from pidng.dng import DNG, DNGTags, Tag, Type, dngIFD, dngTag
+
+    mosaic = bayer(image)
+    height, width = mosaic.shape
+    claimed_width, claimed_height = size or (width, height)
+    tags = DNGTags()
+    for tag, value in (
+        (Tag.ImageWidth, claimed_width),
+        (Tag.ImageLength, claimed_height),
+        (Tag.TileWidth, claimed_width),
+        (Tag.TileLength, claimed_height),
+        (Tag.Orientation, orientation),
+        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+        (Tag.SamplesPerPixel, 1),
+        (Tag.BitsPerSample, 16),
+        (Tag.CFARepeatPatternDim, [2, 2]),
+        (Tag.CFAPattern, CFAPattern.RGGB),
+        (Tag.BlackLevel, 0),
+        (Tag.WhiteLevel, WHITE),
+        (Tag.ColorMatrix1, [[round(v * 10000), 10000] for v in XYZ_TO_SRGB]),
+        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65),
+        (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+        (Tag.Make, make),
+        (Tag.Model, "test mosaic"),
+        (Tag.UniqueCameraModel, f"{make} test mosaic"),
+    ):
+        tags.set(tag, value)
+    data = mosaic.astype("<u2").tobytes()
+    doc = DNG()
+    doc.ImageDataStrips.append(data)
+    main = dngIFD()
+    tiles = dngTag(Tag.TileOffsets, [0])
+    main.tags += [tiles, dngTag(Tag.NewSubfileType, [0]), dngTag(Tag.TileByteCounts, [len(data)])]
+    main.tags += [dngTag(Tag.Compression, [1]), dngTag(Tag.DNGVersion, DNGVersion.V1_4)]
+    main.tags += [dngTag(Tag.DNGBackwardVersion, DNGVersion.V1_2), *tags.list()]
+    doc.IFDs.append(main)
+    strips = sub = sub_ifd = None
+    if preview is not None:
+        jpeg = encode(preview.convert("RGB"), "JPEG", quality=92)
+        doc.ImageDataStrips.append(jpeg)
+        sub_ifd = dngIFD()
+        strips = dngTag(Tag.StripOffsets, [0])
+        sub_ifd.tags += [strips, dngTag(Tag.NewSubfileType, [1]), dngTag(Tag.ImageWidth, [preview.width])]
+        sub_ifd.tags += [dngTag(Tag.ImageLength, [preview.height]), dngTag(Tag.BitsPerSample, [8, 8, 8])]
+        sub_ifd.tags += [dngTag(Tag.Compression, [7]), dngTag(Tag.PhotometricInterpretation, [6])]
+        sub_ifd.tags += [dngTag(Tag.SamplesPerPixel, [3]), dngTag(Tag.RowsPerStrip, [preview.height])]
+        sub_ifd.tags += [dngTag(Tag.StripByteCounts, [len(jpeg)]), dngTag(Tag.PlanarConfiguration, [1])]
+        sub = dngTag((330, Type.Long), [0])  # SubIFDs: pidng's own IFD-typed tag cannot be written
+        main.tags.append(sub)
+        doc.IFDs.append(sub_ifd)
+    buf = bytearray(doc.dataLen())  # lays out the strips: their offsets are known from here on
+    tiles.setValue([doc.StripOffsets[0]])
+    if strips is not None and sub is not None and sub_ifd is not None:
+        strips.setValue([doc.StripOffsets[1]])
+    doc.setBuffer(buf)
+    if sub is not None and sub_ifd is not None:
+        sub.setValue([sub_ifd.offset])
+    doc.write()
+    return bytes(buf)

@@ -28,7 +28,20 @@ from imgsearch import Library, load_settings
 from imgsearch.types import IndexReport, Skipped, printable
 from tests import tinyclip
 from tests.conftest import tiny_overrides
-from tests.imagefiles import encode, gray16, png_chunk, raw_png, rgb16_png, rgb16_tiff, widen, with_orientation
+from tests.imagefiles import (
+    avif,
+    dng,
+    encode,
+    gray16,
+    heic,
+    jxl,
+    png_chunk,
+    raw_png,
+    rgb16_png,
+    rgb16_tiff,
+    widen,
+    with_orientation,
+)
 
 INDEXED = "indexed"
 GONE = "gone"  # deleted between the scan and the read: neither indexed nor reported
@@ -98,6 +111,22 @@ def jpeg_header_only() -> bytes:
     return data[: data.index(b"\xff\xda")]  # everything before the start of scan
 
 
+def unknown_camera_raw() -> bytes:
+    """A RAW from a camera LibRaw does not know: its maker's name and a compression scheme LibRaw has never seen
+    (as a body newer than the LibRaw release writes them)."""
+    data = bytearray(dng(picture(), make="Nobody"))
+    at = data.index(struct.pack("<HHIH", 259, 3, 1, 1))  # Compression: 1 (none) becomes 65000
+    data[at + 8 : at + 10] = struct.pack("<H", 65000)
+    return bytes(data)
+
+
+def raw_claiming_100mp(preview: bool) -> Callable[[], bytes]:
+    """A DNG whose header claims 12288x8192 pixels (a 100-MP sensor) over 0.006 MP of data; with a preview, the
+    camera's JPEG, which is all a model needs (the mosaic is never read)."""
+    small = picture()
+    return lambda: dng(small, preview=small.resize((768, 512)) if preview else None, size=(12_288, 8_192))
+
+
 Maker = Callable[[Path], None]
 
 
@@ -143,6 +172,13 @@ CASES: list[Case] = [
     Case("new\nline.png", save(picture, "PNG"), INDEXED),
     Case("broken-exif-orientation.jpg", save(picture, "JPEG", exif=b"Exif\0\0not a tiff header"), INDEXED),
     Case("huge-but-legal.png", write(bilevel_just_under_the_limit), INDEXED),
+    Case("phone.heic", write(lambda: heic(picture())), INDEXED),
+    Case("web.avif", write(lambda: avif(picture())), INDEXED),
+    Case("picture.jxl", write(lambda: jxl(picture())), INDEXED),
+    Case("mosaic.dng", write(lambda: dng(picture())), INDEXED),
+    Case("with-preview.DNG", write(lambda: dng(picture(), preview=picture(320, 240))), INDEXED),
+    Case("really-a-jpeg.nef", save(picture, "JPEG"), INDEXED),
+    Case("claims-100mp-with-preview.dng", write(raw_claiming_100mp(preview=True)), INDEXED),
     # bad
     Case("empty.jpg", write(lambda: b""), "empty file"),
     Case("empty.png", write(lambda: b""), "empty file"),
@@ -160,6 +196,13 @@ CASES: list[Case] = [
     Case("zero-frames.gif", write(zero_frame_gif), "corrupt or truncated"),
     Case("bomb.png", write(png_bomb), "decompression bomb"),
     Case("bomb.gif", write(gif_bomb), "decompression bomb"),
+    Case("cut.heic", write(lambda: heic(picture(320, 240))[:2000]), "corrupt or truncated"),
+    Case("cut.avif", write(lambda: avif(picture(320, 240))[:300]), "corrupt or truncated"),
+    Case("cut.jxl", write(lambda: jxl(picture(320, 240))[:200]), "corrupt or truncated"),
+    Case("text-file.dng", write(lambda: b"a text file, not a camera RAW\n"), "not an image"),
+    Case("unknown-camera.nef", write(unknown_camera_raw), "camera RAW that LibRaw"),
+    Case("cut-short.dng", write(lambda: dng(picture())[:3000]), "corrupt or truncated RAW"),
+    Case("claims-100mp.dng", write(raw_claiming_100mp(preview=False)), "corrupt or truncated RAW"),
 ]
 
 

@@ -41,6 +41,7 @@ from imgsearch.config import IndexSettings, Settings
 from imgsearch.errors import ClusterError, ImageDecodeError, ImgSearchError
 from imgsearch.indexer.pipeline import LazyEmbedder, MakeReader, Read, Reader, Todo
 from imgsearch.indexer.scan import FileEntry
+from imgsearch.raw import is_raw
 from imgsearch.store.repository import Store, StoredImage
 
 CONNECT_TIMEOUT = 5.0  # seconds; Ray itself waits for an absent head far longer than anyone would
@@ -321,11 +322,14 @@ class _Embed:
         return _columns([row for row, _ in found]) | {"vector": vectors, "model_id": model}
 
     def _read(self, path: bytes) -> tuple[Row, np.ndarray | None]:
-        row, data = _read_one(os.fsdecode(path), self.known)
+        name = os.fsdecode(path)
+        row, data = _read_one(name, self.known)
         if data is None:
             return row, None
         try:
-            image, (width, height) = images.decode_sized(data, self.settings.max_pixels, self.draft)
+            image, (width, height) = images.decode_sized(
+                data, self.settings.max_pixels, self.draft, raw_file=is_raw(name)
+            )
         except ImageDecodeError as exc:
             return row | {"error": str(exc)}, None
         return row | {"embedded": True, "width": width, "height": height}, self.embedder.prepare(image)

@@ -7,15 +7,12 @@ size and mtime from the open file, the same content hash, and only names the sca
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
-
-from PIL import Image
 
 from imgsearch import images
 from imgsearch.errors import ImageDecodeError
 from imgsearch.indexer.scan import NameFilter
+from imgsearch.raw import is_raw
 from imgsearch.store.exchange import LocalFile
 
 
@@ -45,19 +42,7 @@ def inspect(raw: str, need_size: bool, names: NameFilter, map_prefix: tuple[str,
         return LocalFile(path, missing=True)
     except ImageDecodeError as exc:
         return LocalFile(path, error=str(exc))
-    width, height = _size(found.data) if need_size else (0, 0)
+    width, height = images.header_size(found.data, is_raw(name)) if need_size else (0, 0)
     if need_size and not width:
         return LocalFile(path, error="not an image (its header cannot be read)")
     return LocalFile(path, found.size, found.mtime_ns, found.digest, width, height, found.generated)
-
-
-def _size(data: bytes) -> tuple[int, int]:
-    """(width, height) upright (EXIF orientation), from the header, or (0, 0). Pillow reads no pixels for this."""
-    images.register_heif()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                return images.upright_size(image)
-    except Exception:  # any decoder's complaint about one file is that file's reason, not the import's end
-        return 0, 0

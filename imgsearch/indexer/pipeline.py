@@ -25,6 +25,7 @@ from imgsearch.config import IndexSettings, SearchSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
 from imgsearch.indexer.scan import FileEntry, Scanner
+from imgsearch.raw import is_raw
 from imgsearch.store import cache, sync
 from imgsearch.store.repository import NewImage, Store, StoredImage, Transaction
 from imgsearch.store.vectors import FaissIndex
@@ -168,7 +169,8 @@ class Reader:
         try:
             embedder = self.embedder.get()
             draft = embedder.input_size if self.settings.jpeg_draft else 0
-            image, (width, height) = images.decode_sized(found.data, self.settings.max_pixels, draft)
+            raw_file = is_raw(entry.path)
+            image, (width, height) = images.decode_sized(found.data, self.settings.max_pixels, draft, raw_file=raw_file)
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
             return Read(entry, old, found.digest, error=str(exc))

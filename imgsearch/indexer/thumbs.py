@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgsearch import images
+from imgsearch.raw import is_raw
 
 QUALITY = 85
 
@@ -32,7 +33,8 @@ def thumbnail(source: Path, content_hash: str, cache: Path, side: int, max_pixel
     target = cached(cache, content_hash, side)
     if target.is_file():
         return target
-    picture = images.decode(images.read_indexed(source, content_hash), max_pixels, draft_side=side)
+    data = images.read_indexed(source, content_hash)
+    picture = images.decode(data, max_pixels, draft_side=side, raw_file=is_raw(source))
     picture.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     _save_atomic(picture, target)
     return target

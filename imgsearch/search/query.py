@@ -20,9 +20,12 @@ from PIL import Image
 
 from imgsearch import images
 from imgsearch.errors import ImageDecodeError, UsageError
+from imgsearch.raw import SUFFIXES as RAW_SUFFIXES
+from imgsearch.raw import is_raw
 from imgsearch.types import QueryTerm
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"}
+IMAGE_SUFFIXES |= {".avif", ".jxl", *RAW_SUFFIXES}
 _SPLIT = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(?!\d)(.+)$", re.DOTALL)  # "10:00 meeting" is no weight
 
@@ -114,7 +117,7 @@ def vector(terms: Sequence[QueryTerm], embedder: Encoder, max_pixels: int) -> np
 def load(path: str, max_pixels: int, command: str = "query") -> Image.Image:
     """An image file given on the command line, or a one-line UsageError saying why it cannot be used."""
     try:
-        return images.decode(Path(path).read_bytes(), max_pixels)
+        return images.decode(Path(path).read_bytes(), max_pixels, raw_file=is_raw(path))
     except OSError as exc:
         raise UsageError(f"{command}: cannot read image {path}: {exc.strerror}") from None
     except ImageDecodeError as exc:
