@@ -342,7 +342,7 @@ class Library:
         include_generated: bool = False,
     ) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
-        return self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated)
+        return self._with_raws(self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated))
 
     @property
     def engine(self) -> SearchEngine:
@@ -352,25 +352,33 @@ class Library:
         s = self.settings
         return SearchEngine(self.store, self.cache, s.search.top_k, s.store.ef_search)
 
+    def _with_raws(self, hits: list[Hit]) -> list[Hit]:
+        """Each hit with the RAW original beside it, if any: read from the folder now, never stored (indexer.scan)."""
+        from imgsearch.indexer.scan import NameFilter
+
+        names = NameFilter(self.settings.index.extensions, self.settings.index.exclude)
+        return [dataclasses.replace(h, raw=names.raw_of(h.path)) for h in hits]
+
     def similar(
         self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
     ) -> list[Hit]:
         """Images most like an indexed one ("more like this"), best first, leaving the image itself out."""
         self.image_info(image_id)
-        return self.engine.similar(image_id, k, _root(path_prefix), tags)
+        return self._with_raws(self.engine.similar(image_id, k, _root(path_prefix), tags))
 
     def newest(self, *, k: int | None = None, offset: int = 0, path_prefix: str | Path | None = None) -> list[Hit]:
         """The library itself, most recently indexed first (score 0): what to show before any query."""
-        return self.engine.newest(k, offset, _root(path_prefix))
+        return self._with_raws(self.engine.newest(k, offset, _root(path_prefix)))
 
     def image(self, image_id: int) -> ImageInfo:
         """An indexed image with its tags (hand tags first). Raises NotFoundError for an unknown id."""
         info = self.image_info(image_id)
-        return dataclasses.replace(info, tags=tuple(ImageTag(*row) for row in self.store.tags.of_path(info.path)))
+        tags = tuple(ImageTag(*row) for row in self.store.tags.of_path(info.path))
+        return dataclasses.replace(info, tags=tags, raw=self._with_raws([Hit(info.id, info.path, 0.0)])[0].raw)
 
     def thumbnail(self, image_id: int, side: int | None = None) -> Path:
         """The cached JPEG rendition of an indexed image, made on first request: longest side `side`
-        (default serve.thumbnail_size; the page asks 2048 for formats a browser cannot show, TIFF, HEIC).
+        (default serve.thumbnail_size; the page asks 2048 for formats a browser cannot show: TIFF, HEIC, JXL, RAW).
 
         Raises NotFoundError for an unknown id, ImageDecodeError when its file is gone, unreadable or changed.
         """
@@ -415,7 +423,7 @@ class Library:
 
     def tagged(self, tags: Sequence[str], *, k: int | None = None, path_prefix: str | Path | None = None) -> list[Hit]:
         """Images carrying every one of tags, ranked by the first: hand tags (score 1.0), then by probability."""
-        return self.engine.tagged(tags, k, _root(path_prefix))
+        return self._with_raws(self.engine.tagged(tags, k, _root(path_prefix)))
 
     # generation
 

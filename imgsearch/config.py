@@ -80,7 +80,8 @@ class IndexSettings:
             *("dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2", "rwl", "pef", "srw"),
             *("x3f", "3fr", "fff", "iiq", "erf", "kdc", "dcr", "mrw", "mos", "mef", "gpr"),
         ],
-        "file extensions that are indexed (case-insensitive); camera RAW files (dng, cr2, nef, ...) are read by LibRaw",
+        "file extensions that are indexed (case-insensitive); camera RAW files (dng, cr2, nef, ...) are read by "
+        "LibRaw, and a RAW with a JPEG or HEIF of the same name beside it is that photo's original, not indexed apart",
     )
     exclude: list[str] = _opt(
         [".*", "*.part", "*.crdownload", "*.tmp", "*~", "@eaDir", "#recycle"],

@@ -98,7 +98,7 @@ def query(
     answer = _get(server, "/api/search?" + urlencode(params))
     if answer is None:
         return None
-    return [Hit(int(h["id"]), str(h["path"]), float(h["score"])) for h in answer["hits"]]
+    return [Hit(int(h["id"]), str(h["path"]), float(h["score"]), h.get("raw")) for h in answer["hits"]]
 
 
 def _get(server: Server, target: str) -> dict | None:

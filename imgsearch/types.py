@@ -29,6 +29,7 @@ class Hit:
     id: int
     path: str
     score: float
+    raw: str | None = None  # a RAW+JPEG pair is one photo: the RAW original beside this JPEG or HEIF
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ImageInfo:
     generated: bool
     content_hash: str
     tags: tuple[ImageTag, ...] = ()
+    raw: str | None = None  # the RAW original beside this JPEG or HEIF (a RAW+JPEG pair), if there is one
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""Walk folders for image files. Survives symlink loops, unreadable folders and files vanishing mid-walk."""
+"""Walk folders for image files. Survives symlink loops, unreadable folders and files vanishing mid-walk.
+
+A camera set to RAW+JPEG writes both files under one name (IMG_0001.CR2, IMG_0001.JPG): one photo, which the
+index holds once, through the JPEG (the picture as the camera rendered it; cheaper to read), with the RAW as its
+original. So the walk does not list a RAW that has such a twin (TWIN_SUFFIXES, same stem, same folder) among
+the files it indexes; when the twin goes, the RAW is listed, and indexed, again. The pairing is read from the
+folder every time, never stored, so it cannot go stale.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,11 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from imgsearch.raw import SUFFIXES as RAW_SUFFIXES
+
+# What a camera writes beside its RAW file: the JPEG, or the HEIF of newer Canon, Sony and Fujifilm bodies.
+TWIN_SUFFIXES = frozenset({".jpg", ".jpeg", ".heic", ".heif", ".hif"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,44 @@ class NameFilter:
     def excluded(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude)
 
+    def twin(self, name: str) -> bool:
+        """A name that makes a RAW of the same stem its original: an indexed JPEG or HEIF."""
+        return os.path.splitext(name)[1].lower() in TWIN_SUFFIXES and self.is_image(name) and not self.excluded(name)
+
+    def paired_raw(self, path: str) -> bool:
+        """A RAW file with an indexed twin beside it (which stands for the photo in the index)."""
+        folder, name = os.path.split(path)
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() not in RAW_SUFFIXES:
+            return False
+        try:
+            names = os.listdir(folder or ".")
+        except OSError:
+            return False
+        twins = (n for n in names if os.path.splitext(n)[0] == stem and self.twin(n))
+        return any(os.path.isfile(os.path.join(folder, n)) for n in twins)
+
+    def raw_of(self, path: str) -> str | None:
+        """The RAW original beside an indexed twin (IMG_0001.JPG -> IMG_0001.CR2), or None."""
+        stem, suffix = os.path.splitext(path)
+        if suffix.lower() not in TWIN_SUFFIXES:
+            return None
+        raws = (stem + s for s in sorted(self.extensions) if s in RAW_SUFFIXES)
+        return next((r for r in _spellings(raws) if os.path.isfile(r)), None)
+
+    def raws_beside(self, path: str) -> list[str]:
+        """The RAW files of the same stem in a twin's folder: whether they are indexed apart turns on the twin."""
+        folder, name = os.path.split(path)
+        if not self.twin(name):
+            return []
+        stem = os.path.splitext(name)[0]
+        try:
+            names = os.listdir(folder or ".")
+        except OSError:
+            return []
+        found = (n for n in names if os.path.splitext(n)[0] == stem and os.path.splitext(n)[1].lower() in RAW_SUFFIXES)
+        return [os.path.join(folder, n) for n in sorted(found)]
+
 
 class Scanner:
     """Yields image files under roots; reports entries it cannot use through `on_skip(path, reason)`."""
@@ -56,7 +106,7 @@ class Scanner:
             return
         if stat.S_ISDIR(st.st_mode):
             yield from self._walk(root, {(st.st_dev, st.st_ino)})
-        elif self.names.is_image(os.path.basename(root)):
+        elif self.names.is_image(os.path.basename(root)) and not self.names.paired_raw(root):
             yield from self._file(root, st)
 
     def _walk(self, folder: str, seen: set[tuple[int, int]]) -> Iterator[FileEntry]:
@@ -66,9 +116,13 @@ class Scanner:
         except OSError as exc:
             self.on_skip(folder, f"folder not readable ({exc.strerror})")
             return
+        twins = {os.path.splitext(e.name)[0] for e in entries if self.names.twin(e.name) and _is_file(e)}
         for entry in entries:
             if self.names.excluded(entry.name):
                 continue
+            stem, suffix = os.path.splitext(entry.name)
+            if stem in twins and suffix.lower() in RAW_SUFFIXES:
+                continue  # the twin stands for this photo
             yield from self._entry(entry, seen)
 
     def _entry(self, entry: os.DirEntry[str], seen: set[tuple[int, int]]) -> Iterator[FileEntry]:
@@ -96,6 +150,22 @@ class Scanner:
             self.on_skip(path, "file name is not valid UTF-8 (rename it to index it)")
             return
         yield FileEntry(path, st.st_size, st.st_mtime_ns)
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _spellings(paths: Iterable[str]) -> Iterator[str]:
+    """Each path with its suffix as written in the settings (lower case) and in upper case, as cameras write it."""
+    for path in paths:
+        stem, suffix = os.path.splitext(path)
+        yield path
+        if suffix.upper() != suffix:
+            yield stem + suffix.upper()
 
 
 def _utf8(path: str) -> bool:

@@ -188,9 +188,15 @@ class Watcher:
                 ready = self.changes.with_sources(ready) if len(ready) >= BURST_CHUNK else []
             if ready:
                 lost = self.changes.take(ready)
-                return None if lost else set(ready)
+                return None if lost else self._with_raws(ready)
             stop.wait(min(0.2, self.settle))
         return set()
+
+    def _with_raws(self, paths: list[str]) -> set[str]:
+        """The paths, and the RAW files beside any JPEG or HEIF among them: a twin that comes or goes decides
+        whether its RAW is indexed on its own (indexer.scan), so the RAW is looked at again in the same pass."""
+        raws = (r for p in paths for r in self.names.raws_beside(p) if self.wanted(r))
+        return set(paths).union(raws)
 
     def _stable(self, paths: list[str]) -> list[str]:
         """Those paths whose size and mtime do not move over a short interval (a slow copy is still growing)."""

@@ -40,7 +40,7 @@ from imgsearch.version import __version__
 from imgsearch.web.guard import Guard
 from imgsearch.web.jobs import Job, Jobs
 
-# Formats every browser shows; anything else (TIFF, HEIC) is sent as a JPEG rendition.
+# Formats every browser shows; anything else (TIFF, HEIC, JPEG XL, camera RAW) is sent as a JPEG rendition.
 BROWSER_TYPES = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -52,7 +52,7 @@ BROWSER_TYPES = {
 }
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 MAX_PAGE = 500
-PREVIEW_SIDE = 2048  # the JPEG rendition of a TIFF or HEIC the lightbox shows
+PREVIEW_SIDE = 2048  # the JPEG rendition of a TIFF, HEIC, JPEG XL or RAW the lightbox shows
 
 Offset = Annotated[int, Query(ge=0, le=100_000, description="skip this many results")]
 Limit = Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="results per page (serve.page_size)")]
@@ -73,6 +73,7 @@ class HitOut(BaseModel):
     )
     thumbnail: str
     original: str
+    raw: str | None = Field(default=None, description="the RAW original beside this JPEG or HEIF (a RAW+JPEG pair)")
 
 
 class PageOut(BaseModel):
@@ -100,6 +101,7 @@ class ImageOut(BaseModel):
     tags: list[TagOut]
     thumbnail: str
     original: str
+    raw: str | None = Field(default=None, description="the RAW original beside this JPEG or HEIF (a RAW+JPEG pair)")
 
 
 class TagCountOut(BaseModel):
@@ -392,6 +394,7 @@ def _hit(hit: Hit, scored: bool) -> HitOut:
         score=hit.score if scored else None,
         thumbnail=f"/api/images/{hit.id}/thumbnail",
         original=f"/api/images/{hit.id}/file",
+        raw=hit.raw,
     )
 
 
@@ -409,6 +412,7 @@ def _image(lib: Library, image_id: ImageId) -> ImageOut:
         tags=[TagOut(label=t.label, source=t.source, probability=t.probability) for t in info.tags],
         thumbnail=f"/api/images/{info.id}/thumbnail",
         original=f"/api/images/{info.id}/file",
+        raw=info.raw,
     )
 
 

@@ -272,7 +272,7 @@ function openLightbox(index) {
   ui.lbImage.src = hit.original;
   ui.lbImage.alt = hit.name;
   ui.lbName.textContent = hit.name;
-  ui.lbPath.textContent = hit.path;
+  ui.lbPath.textContent = hit.raw || hit.path; // a RAW+JPEG pair: the RAW is the original
   ui.lbOpen.href = hit.original;
   ui.lbMeta.textContent = fmtScore(hit.score) ? `score ${fmtScore(hit.score)}` : "";
   ui.lbTags.replaceChildren();
@@ -292,8 +292,9 @@ async function loadDetail(id) {
 function renderDetail(image) {
   const hit = state.hits[state.current];
   if (!hit || hit.id !== image.id) return; // the user moved on
-  ui.lbPath.textContent = image.path;
+  ui.lbPath.textContent = image.raw || image.path;
   const meta = [];
+  if (image.raw) meta.push(`RAW original, shown through ${image.name}`);
   if (image.width && image.height) meta.push(`${image.width} × ${image.height}`);
   if (image.bytes) meta.push(fmtBytes(image.bytes));
   if (image.indexed_at) meta.push(`indexed ${new Date(image.indexed_at * 1000).toLocaleString()}`);
