@@ -126,9 +126,11 @@ def dng(
     preview: Image.Image | None = None,
     make: str = "imgsearch",
     size: tuple[int, int] | None = None,
+    shot: tuple[str, str, tuple[float, float]] | None = None,
 ) -> bytes:
     """A DNG (pidng) of a picture's RGGB mosaic, uncompressed 16-bit, tagged with an orientation; with `preview`,
-    a JPEG of it in a sub-IFD as cameras embed theirs. `size` makes the header claim another size than the data."""
+    a JPEG of it in a sub-IFD as cameras embed theirs. `size` makes the header claim another size than the data;
+    `shot` = (DateTimeOriginal, LensModel, (latitude, longitude)) records when, with what lens and where."""
     from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
     from pidng.dng import DNG, DNGTags, Tag, Type, dngIFD, dngTag
 
@@ -166,6 +168,16 @@ def dng(
     main.tags += [dngTag(Tag.Compression, [1]), dngTag(Tag.DNGVersion, DNGVersion.V1_4)]
     main.tags += [dngTag(Tag.DNGBackwardVersion, DNGVersion.V1_2), *tags.list()]
     doc.IFDs.append(main)
+    gps = gps_ifd = None
+    if shot is not None:
+        taken, lens, (lat, lon) = shot
+        main.tags += [dngTag(Tag.DateTimeOriginal, taken), dngTag(Tag.EXIFPhotoLensModel, lens)]
+        gps_ifd = dngIFD()
+        gps_ifd.tags += [dngTag((1, Type.Ascii), "N" if lat >= 0 else "S"), dngTag((2, Type.Rational), dms(lat))]
+        gps_ifd.tags += [dngTag((3, Type.Ascii), "E" if lon >= 0 else "W"), dngTag((4, Type.Rational), dms(lon))]
+        gps = dngTag((34853, Type.Long), [0])  # GPSInfo, pointed at the IFD below once it is laid out
+        main.tags.append(gps)
+        doc.IFDs.append(gps_ifd)
     strips = sub = sub_ifd = None
     if preview is not None:
         jpeg = encode(preview.convert("RGB"), "JPEG", quality=92)
@@ -187,5 +199,15 @@ def dng(
     doc.setBuffer(buf)
     if sub is not None and sub_ifd is not None:
         sub.setValue([sub_ifd.offset])
+    if gps is not None and gps_ifd is not None:
+        gps.setValue([gps_ifd.offset])
     doc.write()
     return bytes(buf)
+
+
+def dms(degrees: float) -> list[list[int]]:
+    """Degrees as EXIF's three rationals: degrees, minutes, seconds (to 1/1000 s)."""
+    value = abs(degrees)
+    whole, minutes = int(value), int(value * 60) % 60
+    seconds = round((value * 3600 - whole * 3600 - minutes * 60) * 1000)
+    return [[whole, 1], [minutes, 1], [seconds, 1000]]

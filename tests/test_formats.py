@@ -22,7 +22,7 @@ from imgsearch import Library, images, load_settings, raw
 from imgsearch.errors import ImageDecodeError
 from imgsearch.indexer.scan import NameFilter
 from tests.conftest import SAMPLES, tiny_env
-from tests.imagefiles import TURNS, avif, dng, encode, heic, jxl
+from tests.imagefiles import TURNS, avif, dms, dng, encode, heic, jxl
 
 LIMIT = 178_956_970
 
@@ -344,3 +344,57 @@ def test_thumbnails_and_the_lightbox_get_jpegs_for_heic_jxl_and_raw(api: TestCli
         assert mean_difference(picture, source) < 40, name
     pair = api.get(f"/api/images/{hits['IMG_0001.JPG']['id']}").json()
     assert pair["raw"].endswith("IMG_0001.DNG") and hits["IMG_0001.JPG"]["raw"] == pair["raw"]
+
+
+# RAW metadata: when, with what and where, from the RAW file itself
+
+SHOT = ("2024:07:14 18:02:11", "RF24-105mm F4 L IS USM", (48.8584, -2.2945))
+
+
+def exif_tiff(tags: dict[int, object]) -> bytes:
+    """A TIFF stream whose IFD0 holds tags (what a CR3's CMT boxes hold)."""
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    return exif.tobytes()[6:]  # without "Exif\0\0"
+
+
+def box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def assert_shot(found: raw.Metadata, camera: tuple[str, str]) -> None:
+    assert (found.taken, found.lens, (found.make, found.model)) == (SHOT[0], SHOT[1], camera)
+    assert found.gps is not None and np.allclose(found.gps, SHOT[2], atol=1e-6)
+
+
+def test_a_dng_says_when_with_what_and_where_it_was_shot() -> None:
+    data = dng(sample("rocket.jpg"), shot=SHOT)
+    assert_shot(raw.metadata(data), ("imgsearch", "test mosaic"))
+    assert_shot(raw.metadata(b"IIRO" + data[4:]), ("imgsearch", "test mosaic"))  # an ORF's header, TIFF inside
+    assert raw.metadata(dng(sample("rocket.jpg"))) == raw.Metadata(make="imgsearch", model="test mosaic")
+    assert raw.metadata(b"not a raw file") == raw.Metadata()
+
+
+def gps_tags() -> dict[int, object]:
+    lat, lon = SHOT[2]
+    return {1: "N", 2: tuple(n / d for n, d in dms(lat)), 3: "W", 4: tuple(n / d for n, d in dms(lon))}
+
+
+def test_a_cr3_and_a_raf_say_it_too() -> None:
+    """The layouts Canon and Fujifilm write: CMT1/CMT2/CMT4 boxes (IFD0, Exif, GPS) in a CR3's moov box; in a
+    RAF, the offset and length of a JPEG that carries the EXIF, at bytes 84-91 of its header."""
+    cmt1 = exif_tiff({0x010F: "Canon", 0x0110: "Canon EOS R6"})
+    cmt2 = exif_tiff({0x9003: SHOT[0], 0xA434: SHOT[1]})
+    ftyp = box(b"ftyp", b"crx \0\0\0\1crx isom")
+    cmt4 = exif_tiff(gps_tags())
+    cr3 = ftyp + box(b"moov", box(b"uuid", bytes(16) + box(b"CMT1", cmt1) + box(b"CMT2", cmt2) + box(b"CMT4", cmt4)))
+    assert_shot(raw.metadata(cr3), ("Canon", "Canon EOS R6"))
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "FUJIFILM", "X-T5"
+    exif.get_ifd(0x8769).update({0x9003: SHOT[0], 0xA434: SHOT[1]})
+    exif.get_ifd(0x8825).update(gps_tags())
+    jpeg = encode(sample("rocket.jpg"), "JPEG", exif=exif)
+    header = b"FUJIFILMCCD-RAW 0201FF383501".ljust(84, b"\0") + (100).to_bytes(4, "big") + len(jpeg).to_bytes(4, "big")
+    assert_shot(raw.metadata(header.ljust(100, b"\0") + jpeg), ("FUJIFILM", "X-T5"))
