@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -427,10 +428,16 @@ class Library:
 
     # generation
 
-    def match(self, text: str, hits: Sequence[Hit] | None = None, files_in_text: bool = True) -> MatchVerdict:
+    def match(
+        self, text: str, hits: Sequence[Hit] | None = None, files_in_text: bool = True, wait: bool = True
+    ) -> MatchVerdict:
         """Whether the library holds an image for a text query, judged against contrasting prompts
-        (imgsearch.search.match): no match when the best evidence is below -generate.match_margin."""
-        from imgsearch.search import labels as lb
+        (imgsearch.search.match): no match when the best evidence is below -generate.match_margin.
+
+        The contrasting prompts are embedded once per model (the built-in vocabulary: ~2,400 prompts); without
+        `wait`, a verdict that would have to embed them first comes back not ready instead (see prepare_match).
+        """
+        from imgsearch.embed import configured_model_id
         from imgsearch.search import match
 
         gs = self.settings.generate
@@ -440,19 +447,41 @@ class Library:
         if self.store.count() == 0:
             return MatchVerdict(False, None, gs.match_margin, None, None)
         self._check_model()
+        embedder_id = configured_model_id(self.settings)
+        labels, vectors = self._contrast(), self.label_vectors()
+        if not wait and vectors.missing(embedder_id, labels):
+            return MatchVerdict(False, None, gs.match_margin, None, None, ready=False)
         query = self.query_vector(terms)
         top = list(hits if hits is not None else self.search_vector(query, k=gs.match_candidates))
         top = top[: gs.match_candidates]
         if not top:
             return MatchVerdict(False, None, gs.match_margin, None, None)
         embedder = self.embedder
-        labels = _unique(
-            self._vocabulary(gs.contrast_vocabulary or None)[0] + lb.parse_labels(",".join(match.GENERIC_LABELS))
-        )
-        rivals = self.label_vectors().matrix(embedder.model_id, labels)
-        vectors = np.stack([self.store.vector_of(h.id) for h in top])
+        rivals = vectors.matrix(embedder.model_id, labels)
+        found = np.stack([self.store.vector_of(h.id) for h in top])
         names = [label.name for label in labels]
-        return match.verdict(query, top, vectors, rivals, names, embedder.logit_scale, gs.match_margin)
+        return match.verdict(query, top, found, rivals, names, embedder.logit_scale, gs.match_margin)
+
+    def prepare_match(
+        self, turn: AbstractContextManager[Any] | None = None, stop: threading.Event | None = None
+    ) -> int:
+        """Embed the contrasting prompts of the no-match test now, a chunk at a time (each model call inside
+        `turn`: serve lets queries in between), keeping each chunk. Returns how many were embedded."""
+        from imgsearch.embed import configured_model_id
+
+        if self.store.count() == 0:
+            return 0
+        self._check_model()
+        vectors = self.label_vectors(stop=stop, turn=turn)
+        vectors.matrix(configured_model_id(self.settings), self._contrast())
+        return vectors.embedded
+
+    def _contrast(self) -> list[Label]:
+        from imgsearch.search import labels as lb
+        from imgsearch.search.match import GENERIC_LABELS
+
+        vocabulary = self._vocabulary(self.settings.generate.contrast_vocabulary or None)[0]
+        return _unique(vocabulary + lb.parse_labels(",".join(GENERIC_LABELS)))
 
     def generate(
         self,
@@ -541,16 +570,18 @@ class Library:
         vocabulary: str | None = None,
         on_progress: OnProgress = _ignore,
         stop: threading.Event | None = None,
+        on_notice: Callable[[str], None] = lambda text: None,
     ) -> TagReport:
         """Auto-tag the indexed images (under path_prefix) against the vocabulary, changing only what differs.
 
         Images already tagged under the same vocabulary, templates, rule and model are skipped; hand
-        tags (and tags removed by hand) are never touched.
+        tags (and tags removed by hand) are never touched. A first pass that embeds many label prompts says
+        what it will cost (on_notice) after its first chunk; they are kept as they go, and `stop` ends it.
         """
         self._check_model()
         # No writer lock: each chunk is one transaction that reads, decides and writes, so tagging can
         # run beside `watch` (which holds the lock for as long as it runs).
-        return self._tag(_root(path_prefix), self._vocabulary(vocabulary), on_progress, stop)
+        return self._tag(_root(path_prefix), self._vocabulary(vocabulary), on_progress, stop, on_notice)
 
     def _tag(
         self,
@@ -558,12 +589,13 @@ class Library:
         vocabulary: tuple[list[Label], str] | None,
         on_progress: OnProgress,
         stop: threading.Event | None,
+        on_notice: Callable[[str], None] = lambda text: None,
     ) -> TagReport:
         from imgsearch.search import tagger
 
         labels, name = vocabulary or self._vocabulary()
         rule = tagger.rule_of(self.settings.tagging)
-        vectors = self.label_vectors(on_progress)
+        vectors = self.label_vectors(on_progress, stop, on_notice=on_notice)
         return tagger.tag(self.store, vectors, labels, name, rule, root, on_progress, stop)
 
     def tags(self) -> list[TagCount]:
@@ -601,11 +633,18 @@ class Library:
 
         return load_vocabulary(self.settings.tagging.vocabulary if path is None else path)
 
-    def label_vectors(self, on_progress: OnProgress = _ignore) -> LabelVectors:
+    def label_vectors(
+        self,
+        on_progress: OnProgress = _ignore,
+        stop: threading.Event | None = None,
+        turn: AbstractContextManager[Any] | None = None,
+        on_notice: Callable[[str], None] = lambda text: None,
+    ) -> LabelVectors:
         """Label and prompt embeddings through the database cache (the model loads only for new prompts)."""
         from imgsearch.search.tagger import LabelVectors
 
-        return LabelVectors(self.store, lambda: self.embedder, self.settings.tagging.templates, on_progress)
+        templates = self.settings.tagging.templates
+        return LabelVectors(self.store, lambda: self.embedder, templates, on_progress, stop, turn, on_notice)
 
     # embeddings in and out (clip-retrieval's layout)
 

@@ -345,7 +345,13 @@ def tag(ctx: click.Context, path_prefix: str | None, vocabulary: str | None, qui
     if ctx.invoked_subcommand is not None:
         return
     with _stop_on_signals() as stop, _library(ctx) as lib, _progress(quiet or as_json) as on_progress:
-        report = lib.tag(path_prefix=path_prefix, vocabulary=vocabulary, on_progress=on_progress, stop=stop)
+        report = lib.tag(
+            path_prefix=path_prefix,
+            vocabulary=vocabulary,
+            on_progress=on_progress,
+            stop=stop,
+            on_notice=lambda line: click.echo(line, err=True),
+        )
     click.echo(render.to_json(report) if as_json else render.tag_report(report))
 
 
@@ -559,7 +565,7 @@ def models(name: str | None) -> None:
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C or SIGTERM asks the run to stop after the batch in flight; a second Ctrl-C stops at once.
+    """Ctrl-C or SIGTERM asks the run to stop after the batch in flight; a second one stops at once.
 
     Signals never raise inside a database transaction this way; the previous handlers come back after.
     """
@@ -571,8 +577,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         return
 
     def request_stop(signum: int, frame: object) -> None:
-        stop.set()
+        stop.set()  # every long loop checks it between batches or chunks
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM, like a second Ctrl-C, ends it at once
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

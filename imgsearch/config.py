@@ -46,6 +46,22 @@ def _templates(value: list[str]) -> str | None:
     return f"contain {{}} exactly once in each template (not in {bad[0]!r})" if bad else None
 
 
+def _at_least(least: float) -> Callable[[float], str | None]:
+    return lambda value: None if value >= least else f"be at least {least}"
+
+
+def _between(least: float, most: float) -> Callable[[float], str | None]:
+    return lambda value: None if least <= value <= most else f"be between {least} and {most}"
+
+
+def _side(value: int) -> str | None:
+    return None if value == 0 or 8 <= value <= 4096 else "be 0 (the device's default) or between 8 and 4096"
+
+
+def _port(value: int) -> str | None:
+    return None if value <= 65535 else "be a TCP port (0: any free port)"
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = _opt("ViT-B-32", "open_clip architecture (`imgsearch models` lists them)")
@@ -69,7 +85,9 @@ class ModelSettings:
         ("auto", "fp32", "bf16", "int8", "fp16"),
     )
     cache_dir: str = _opt("", "where downloaded weights and ONNX exports are kept; empty: HOME/models")
-    download_timeout: float = _opt(5.0, "seconds to wait for the weights server before giving up")
+    download_timeout: float = _opt(
+        5.0, "seconds to wait for the weights server before giving up", check=_between(0.1, 600)
+    )
 
 
 @dataclass(frozen=True)
@@ -88,11 +106,13 @@ class IndexSettings:
         "file and folder name patterns that are never indexed (fnmatch)",
     )
     follow_symlinks: bool = _opt(True, "descend into symlinked folders (loops are detected)")
-    batch_size: int = _opt(32, "images per model call and per database transaction")
-    workers: int = _opt(0, "decode threads; 0: one per core")
-    prefetch: int = _opt(4, "batches decoded ahead of the model")
+    batch_size: int = _opt(32, "images per model call and per database transaction", check=_between(1, 4096))
+    workers: int = _opt(0, "decode threads; 0: one per core", check=_between(0, 1024))
+    prefetch: int = _opt(4, "batches decoded ahead of the model", check=_between(1, 64))
     jpeg_draft: bool = _opt(True, "decode large JPEGs at reduced scale (much faster, same embedding)")
-    max_pixels: int = _opt(178_956_970, "images larger than this are skipped as decompression bombs")
+    max_pixels: int = _opt(
+        178_956_970, "images larger than this are skipped as decompression bombs", check=_at_least(1)
+    )
     ray: str = _opt(
         "",
         "decode and embed on a Ray cluster: auto (the one `ray start` began here), HOST:PORT or ray://HOST:PORT; "
@@ -107,19 +127,21 @@ class IndexSettings:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    top_k: int = _opt(10, "results returned by default")
+    top_k: int = _opt(10, "results returned by default", check=_between(1, 10_000))
     index_type: str = _opt(
         "auto",
         "flat (exact), hnsw (approximate graph), ivf (approximate, 8-bit quantised: a quarter of the memory) "
         "or auto (flat, then hnsw from ann_threshold images, then ivf from ivf_threshold)",
         ("auto", "flat", "hnsw", "ivf"),
     )
-    ann_threshold: int = _opt(100_000, "with index_type auto, use hnsw from this many images on")
-    ivf_threshold: int = _opt(1_000_000, "with index_type auto, use ivf from this many images on")
-    hnsw_m: int = _opt(32, "HNSW graph degree")
-    hnsw_ef_construction: int = _opt(200, "HNSW build-time search depth")
-    hnsw_ef_search: int = _opt(256, "HNSW query-time search depth (higher: better recall, slower)")
-    ivf_nprobe: int = _opt(64, "IVF lists searched per query (higher: better recall, slower)")
+    ann_threshold: int = _opt(100_000, "with index_type auto, use hnsw from this many images on", check=_at_least(1))
+    ivf_threshold: int = _opt(1_000_000, "with index_type auto, use ivf from this many images on", check=_at_least(1))
+    hnsw_m: int = _opt(32, "HNSW graph degree", check=_between(2, 256))
+    hnsw_ef_construction: int = _opt(200, "HNSW build-time search depth", check=_between(1, 4096))
+    hnsw_ef_search: int = _opt(
+        256, "HNSW query-time search depth (higher: better recall, slower)", check=_between(1, 4096)
+    )
+    ivf_nprobe: int = _opt(64, "IVF lists searched per query (higher: better recall, slower)", check=_between(1, 65536))
     faiss_gpu: str = _opt("auto", "search on the GPU with faiss-gpu: auto, on or off", ("auto", "on", "off"))
 
 
@@ -139,7 +161,7 @@ class TaggingSettings:
         check=_templates,
     )
     vocabulary: str = _opt("", "labels for `imgsearch tag`: a file, one label per line; empty: the built-in vocabulary")
-    top_k: int = _opt(5, "at most this many automatic tags per image")
+    top_k: int = _opt(5, "at most this many automatic tags per image", check=_between(1, 1000))
     min_probability: float = _opt(
         0.05,
         "an automatic tag needs at least this probability (a vocabulary line can set its own: `cat | 0.2`)",
@@ -153,7 +175,11 @@ class TaggingSettings:
 
 @dataclass(frozen=True)
 class WatchSettings:
-    settle_seconds: float = _opt(1.0, "quiet time before changed files are indexed (a copy still growing waits longer)")
+    settle_seconds: float = _opt(
+        1.0,
+        "quiet time before changed files are indexed (a copy still growing waits longer)",
+        check=_between(0.05, 3600),
+    )
 
 
 @dataclass(frozen=True)
@@ -164,26 +190,20 @@ class GenerateSettings:
         "a taming-transformers VQGAN: a known name (fetched and cached on first use) or a local .ckpt file",
     )
     vqgan_config: str = _opt("", "the checkpoint's taming .yaml; empty: the .ckpt's name with .yaml")
-    steps: int = _opt(0, "optimisation steps; 0: 300 on a GPU, 60 on a CPU")
-    size: int = _opt(0, "image side in pixels; 0: 256 on a GPU, 128 on a CPU")
-    cutouts: int = _opt(0, "random crops CLIP judges each step; 0: 32 on a GPU, 8 on a CPU")
-    learning_rate: float = _opt(0.1, "Adam step size for the latent (VQGAN) or spectrum (Fourier)")
+    steps: int = _opt(0, "optimisation steps; 0: 300 on a GPU, 60 on a CPU", check=_between(0, 100_000))
+    size: int = _opt(0, "image side in pixels; 0: 256 on a GPU, 128 on a CPU", check=_side)
+    cutouts: int = _opt(0, "random crops CLIP judges each step; 0: 32 on a GPU, 8 on a CPU", check=_between(0, 1024))
+    learning_rate: float = _opt(
+        0.1, "Adam step size for the latent (VQGAN) or spectrum (Fourier)", check=_between(1e-6, 10)
+    )
     output_dir: str = _opt("", "where generated PNGs are saved; empty: HOME/generated")
     add_to_index: bool = _opt(False, "index each generated image (marked generated; queries skip them by default)")
     match_margin: float = _opt(
         1.0,
         "no match when the query's logit on each top hit is more than this below a contrasting prompt's",
     )
-    match_candidates: int = _opt(3, "top hits examined for the no-match decision")
+    match_candidates: int = _opt(3, "top hits examined for the no-match decision", check=_between(1, 100))
     contrast_vocabulary: str = _opt("", "contrasting labels for the no-match decision; empty: tagging.vocabulary")
-
-
-def _at_least(least: float) -> Callable[[float], str | None]:
-    return lambda value: None if value >= least else f"be at least {least}"
-
-
-def _port(value: int) -> str | None:
-    return None if value <= 65535 else "be a TCP port (0: any free port)"
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,7 @@ class MatchVerdict:
     margin: float
     path: str | None  # the hit the evidence is about
     rival: str | None  # the contrasting prompt that scored highest on it
+    ready: bool = True  # False: the contrasting prompts are still being embedded (serve): no verdict yet
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,24 @@ BOUNDED = {
     "serve.max_upload_mb": (0.001, 1e300),
     "index.ray_cpus_per_actor": (0.001, 1e300),
     "store.ef_search": (1, 1000),
+    "model.download_timeout": (0.1, 600),
+    "index.batch_size": (1, 4096),
+    "index.workers": (0, 1024),
+    "index.prefetch": (1, 64),
+    "index.max_pixels": (1, 2**62),
+    "search.top_k": (1, 10_000),
+    "search.ann_threshold": (1, 2**62),
+    "search.ivf_threshold": (1, 2**62),
+    "search.hnsw_m": (2, 256),
+    "search.hnsw_ef_construction": (1, 4096),
+    "search.hnsw_ef_search": (1, 4096),
+    "search.ivf_nprobe": (1, 65536),
+    "tagging.top_k": (1, 1000),
+    "watch.settle_seconds": (0.05, 3600),
+    "generate.steps": (0, 100_000),
+    "generate.cutouts": (0, 1024),
+    "generate.learning_rate": (1e-6, 10),
+    "generate.match_candidates": (1, 100),
 }
 
 
@@ -188,6 +206,8 @@ def valid_values(key: str) -> st.SearchStrategy[Any]:
         return st.floats(0, 1)
     if key == "store.url":
         return st.just("") | words.map(lambda name: f"postgresql://{name}@localhost/{name}")
+    if key == "generate.size":  # 0: the device's default
+        return st.just(0) | st.integers(8, 4096)
     if key in BOUNDED:
         low, high = BOUNDED[key]
         return st.integers(low, high) if kind is int else st.floats(low, high)

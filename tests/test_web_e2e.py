@@ -133,6 +133,18 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], output: list[str], timeou
     pytest.fail("imgsearch serve never answered /api/status:\n" + "".join(output))
 
 
+def _wait_match_ready(url: str, output: list[str], timeout: float = 60) -> None:
+    """The server embeds the no-match test's contrast prompts in the background after it starts; until then
+    /api/match answers "not ready" (and the page shows no banner)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/api/match?q=warm", timeout=5) as response:
+            if json.load(response)["ready"]:
+                return
+        time.sleep(0.1)
+    pytest.fail("imgsearch serve never got its contrast prompts ready:\n" + "".join(output))
+
+
 @pytest.fixture(scope="module")
 def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("web")
@@ -162,6 +174,7 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
     try:
         url = _read_url(proc, output, timeout=60)
         status = _wait_ready(url, proc, output)
+        _wait_match_ready(url, output)
         yield Server(url=url, folder=folder, examples=examples, images=status["images"], output=output, proc=proc)
     finally:
         proc.terminate()

@@ -12,14 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
+from typing import Any
 
 import numpy as np
 
 from imgsearch.config import TaggingSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import InterruptedRun, StoreError
-from imgsearch.search.labels import Label, Rule, choose, label_vectors, probabilities, rule_key
+from imgsearch.search.labels import Label, Rule, choose, label_vectors, probabilities, prompts, rule_key
 from imgsearch.store.repository import Store
 from imgsearch.store.tags import AUTO, AutoTag
 from imgsearch.types import Progress, TagReport
@@ -27,6 +28,7 @@ from imgsearch.types import Progress, TagReport
 CHUNK = 4096  # images scored and written per transaction
 TEXT_BATCH = 64  # prompts per model call
 SAME_PROBABILITY = 0.005  # a kept tag whose probability moved less than this is not rewritten
+LONG_FIRST_PASS = 30.0  # seconds of prompt embedding worth a word before it goes on
 
 
 class LabelVectors:
@@ -38,11 +40,17 @@ class LabelVectors:
         embedder: Callable[[], Embedder],
         templates: Sequence[str],
         on_progress: Callable[[Progress], None] = lambda p: None,
+        stop: threading.Event | None = None,
+        turn: AbstractContextManager[Any] | None = None,
+        on_notice: Callable[[str], None] = lambda text: None,
     ):
         self.store = store
         self.embedder = embedder
         self.templates = list(templates)
         self.on_progress = on_progress
+        self.on_notice = on_notice  # told, after the first chunk, what a long first pass will cost
+        self.stop = stop  # set: no more model calls (what is embedded so far is kept)
+        self.turn = turn  # held around each model call (serve: queries run between the chunks)
         self.embedded = 0  # prompts that went through the model
 
     def matrix(self, model_id: str, labels: Sequence[Label]) -> np.ndarray:
@@ -58,29 +66,59 @@ class LabelVectors:
         self.store.tags.remember_logits(model_id, (embedder.logit_scale, embedder.logit_bias))
         return embedder.logit_scale, embedder.logit_bias
 
+    def missing(self, model_id: str, labels: Sequence[Label]) -> int:
+        """How many of the labels' prompts are not embedded yet (what a first `matrix` would cost)."""
+        texts = list(dict.fromkeys(t for label in labels for t in prompts(label, self.templates)))
+        return len(texts) - len(self.store.tags.cached_text_vectors(model_id, texts))
+
     def encode(self, model_id: str, texts: Sequence[str]) -> np.ndarray:
-        """Unit text embeddings [len(texts), dim]: from the cache where seen before, else through the model."""
+        """Unit text embeddings [len(texts), dim]: from the cache where seen before, else through the model.
+
+        New prompts are embedded and kept a chunk at a time, so a run stopped part-way (Ctrl-C, kill -9) keeps
+        what it did; `stop` ends it between chunks with InterruptedRun."""
         found = self.store.tags.cached_text_vectors(model_id, texts)
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             embedder = self._model(model_id)
-            fresh: dict[str, np.ndarray] = {}
+            logits = (embedder.logit_scale, embedder.logit_bias)
+            started = time.monotonic()
             for i in range(0, len(missing), TEXT_BATCH):
+                if self.stop is not None and self.stop.is_set():
+                    raise InterruptedRun(f"interrupted: {i} of {len(missing)} label prompts embedded and kept")
                 part = missing[i : i + TEXT_BATCH]
-                fresh.update(zip(part, embedder.embed_texts(part), strict=True))
-                self.on_progress(Progress("labels", len(fresh), len(missing)))
-            # A cache that cannot be written (a read-only home, a full disk) costs only speed.
-            with suppress(StoreError, OSError):
-                self.store.tags.cache_text_vectors(model_id, fresh, (embedder.logit_scale, embedder.logit_bias))
-            found.update(fresh)
-            self.embedded += len(missing)
+                with self.turn or nullcontext():
+                    fresh = dict(zip(part, embedder.embed_texts(part), strict=True))
+                if i == 0 and len(missing) > len(part):
+                    self._estimate(len(missing), len(part) / max(time.monotonic() - started, 1e-6))
+                # A cache that cannot be written (a read-only home, a full disk) costs only speed.
+                with suppress(StoreError, OSError):
+                    self.store.tags.cache_text_vectors(model_id, fresh, logits)
+                found.update(fresh)
+                self.embedded += len(part)
+                self.on_progress(Progress("labels", i + len(part), len(missing)))
         return np.stack([found[t] for t in texts])
+
+    def _estimate(self, total: int, rate: float) -> None:
+        seconds = total / rate
+        if seconds >= LONG_FIRST_PASS:
+            self.on_notice(
+                f"embedding {total} label prompts once for this model: about {_duration(seconds)} at {rate:.0f} a "
+                "second; they are kept as they go, and Ctrl-C stops within a chunk"
+            )
 
     def _model(self, model_id: str) -> Embedder:
         embedder = self.embedder()
         if embedder.model_id != model_id:  # Library checks this first; a guard against caching under a wrong id
             raise RuntimeError(f"label vectors for {model_id} asked of model {embedder.model_id}")
         return embedder
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def rule_of(settings: TaggingSettings) -> Rule:

@@ -128,6 +128,7 @@ class MatchOut(BaseModel):
     margin: float
     best_path: str | None
     rival: str | None
+    ready: bool = True  # False: the server is still embedding its contrasting prompts (no verdict yet)
 
 
 class GenerateIn(BaseModel):
@@ -222,6 +223,7 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     static = _static_files()
     page_size = lib.settings.serve.page_size
     api.state.jobs = jobs
+    api.state.model_lock = model_lock
 
     def page(fetch: Callable[[int], list[Hit]], offset: int, limit: int, scored: bool = True) -> PageOut:
         try:
@@ -357,8 +359,10 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     @api.get("/api/match", response_model=MatchOut, responses=ERRORS, summary="Does the library hold this?")
     def match(q: Annotated[str, Query(min_length=1, max_length=2000)]) -> MatchOut:
         with model_lock:
-            v = lib.match(q, files_in_text=False)
-        return MatchOut(matched=v.matched, evidence=v.evidence, margin=v.margin, best_path=v.path, rival=v.rival)
+            v = lib.match(q, files_in_text=False, wait=False)
+        return MatchOut(
+            matched=v.matched, evidence=v.evidence, margin=v.margin, best_path=v.path, rival=v.rival, ready=v.ready
+        )
 
     @api.post("/api/generate", status_code=202, response_model=JobStarted, responses=ERRORS, summary="Generate")
     def generate(body: GenerateIn) -> JobStarted:
@@ -513,7 +517,8 @@ def run(
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         remote.announce(lib.settings, remote.Server(local, token, os.getpid(), remote.fingerprint(lib.settings)))
-        threading.Thread(target=_prepare, args=(lib, on_notice), name="imgsearch-warm", daemon=True).start()
+        turn = cast(FastAPI, app.app).state.model_lock
+        threading.Thread(target=_prepare, args=(lib, turn, on_notice), name="imgsearch-warm", daemon=True).start()
         on_ready(f"{local}?token={token}" if public else local)
         if not server.should_exit:
             server.run(sockets=[sock])
@@ -525,11 +530,15 @@ def run(
         sock.close()
 
 
-def _prepare(lib: Library, on_notice: Callable[[str], None]) -> None:
-    """Load the model and vector index before the first query asks, and drop thumbnails of images gone."""
+def _prepare(lib: Library, turn: threading.RLock, on_notice: Callable[[str], None]) -> None:
+    """Load the model and vector index before the first query asks, drop thumbnails of images gone, then embed
+    the no-match test's contrasting prompts a chunk at a time, letting queries in between (until they are all
+    embedded, /api/match answers "not ready" rather than make a search wait minutes)."""
     try:
         lib.prune_thumbnails()
-        lib.warm()
+        with turn:
+            lib.warm()
+        lib.prepare_match(turn=turn)
     except ImgSearchError as exc:  # the page still browses; queries will say the same
         on_notice(f"imgsearch: {exc}")
 

@@ -349,7 +349,9 @@ async function checkMatch(q, gen) {
   let matched = state.hits.length > 0;
   if (matched) {
     try {
-      matched = (await api(`/api/match?${new URLSearchParams({ q })}`)).matched;
+      const verdict = await api(`/api/match?${new URLSearchParams({ q })}`);
+      // Not ready: the server is still embedding its contrast prompts; no verdict, so no banner.
+      matched = verdict.ready === false || verdict.matched;
     } catch {
       return; // the decision is advice; a failure here must not disturb the results
     }
