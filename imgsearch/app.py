@@ -396,7 +396,7 @@ class Library:
         from imgsearch import images
 
         info = self.image_info(image_id)
-        return images.read_indexed(Path(info.path), info.content_hash)
+        return images.read_indexed(Path(info.path), info.content_hash, self.settings.index.max_pixels)
 
     def image_info(self, image_id: int) -> ImageInfo:
         info = self.store.image_info(image_id)
@@ -691,6 +691,7 @@ class Library:
         Files missing here are counted and listed. Nothing is written before every shard has been checked.
         """
         from imgsearch.embed import configured_model_id
+        from imgsearch.images import size_limit
         from imgsearch.indexer import imported
         from imgsearch.indexer.scan import NameFilter
         from imgsearch.store import exchange
@@ -709,7 +710,7 @@ class Library:
                 source,
                 configured,
                 dim,
-                lambda raw, need_size: imported.inspect(raw, need_size, names, map_prefix),
+                lambda raw, need_size: imported.inspect(raw, need_size, names, map_prefix, size_limit(ix.max_pixels)),
                 workers=ix.workers or os.cpu_count() or 2,
                 on_progress=on_progress,
                 stop=stop,

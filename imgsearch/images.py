@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgsearch import raw
 from imgsearch.errors import ImageDecodeError
+from imgsearch.files import Unreadable, read_regular
 from imgsearch.types import PROVENANCE_PREFIX
 
 MAX_ASPECT = 20
@@ -84,27 +85,34 @@ class FileBytes:
     generated: bool  # a PNG written by `imgsearch generate`
 
 
-def read_file(path: str) -> FileBytes:
-    """Read and hash a file as `index`, `import` and the Ray readers do: one function, so they agree.
+BIG_FILE = 64 << 20  # a file larger than this must start like an image before it is read in full
+
+
+def size_limit(max_pixels: int) -> int:
+    """The most bytes a legal image of max_pixels pixels takes: 8 a pixel (uncompressed 16-bit RGBA), plus 64 MB of
+    headers, previews and metadata. A larger file is refused before it is read (a 2 GB file named .jpg)."""
+    return max_pixels * 8 + BIG_FILE
+
+
+def read_file(path: str, max_bytes: int | None = None) -> FileBytes:
+    """Read and hash a file as `index`, `import`, the Ray readers, image queries, `label`, thumbnails and the server
+    do: one function, so that they agree, and so that none waits on a FIFO or reads a device or a huge file.
 
     Raises FileNotFoundError when the file (or a folder on its path) is gone, and ImageDecodeError with the reason
-    when it cannot be read or is not a regular file: a FIFO is opened without waiting for a writer, and refused.
+    when it cannot be read, is not a regular file (a FIFO, a symlink to /dev/zero), is larger than max_bytes, or is
+    large and does not start like an image.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundError(path) from None
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageDecodeError("not a regular file")
-        try:
-            data = f.read()
-        except OSError as exc:
-            raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})") from None
+        data, st = read_regular(path, max_bytes, _head_problem)
+    except Unreadable as exc:
+        raise ImageDecodeError(str(exc)) from None
     return FileBytes(data, st.st_size, st.st_mtime_ns, digest(data), is_generated(data))
+
+
+def _head_problem(head: bytes, size: int) -> str | None:
+    if size > BIG_FILE and _kind(head) is None and not head.startswith(b"BM"):
+        return f"not an image ({size >> 20} MB that do not start like one)"
+    return None
 
 
 def digest(data: bytes) -> str:
@@ -112,19 +120,21 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def read_indexed(path: Path, content_hash: str) -> bytes:
+def read_indexed(path: Path, content_hash: str, max_pixels: int) -> bytes:
     """The bytes of an indexed file, if they are still what was indexed (else ImageDecodeError).
 
     What is served or shown from the index is only ever the content the index saw: a file replaced
-    since, by an edit or by a symlink to something else, is refused until it is indexed again.
+    since, by an edit, by a FIFO or by a symlink to something else, is refused until it is indexed again.
     """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read {path.name} ({exc.strerror or exc})") from None
-    if digest(data) != content_hash:
+        found = read_file(str(path), size_limit(max_pixels))
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path.name} is gone since it was indexed (run `imgsearch index`)") from None
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"cannot read {path.name} ({exc})") from None
+    if found.digest != content_hash:
         raise ImageDecodeError(f"{path.name} changed since it was indexed (run `imgsearch index`)")
-    return data
+    return found.data
 
 
 def decode(data: bytes, max_pixels: int, draft_side: int = 0, *, raw_file: bool = False) -> Image.Image:

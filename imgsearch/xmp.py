@@ -28,6 +28,7 @@ import io
 import os
 import re
 import secrets
+import stat
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -35,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.errors import XmpError
+from imgsearch.files import Unreadable, read_regular
 from imgsearch.types import ExportReport, Skipped
 
 NAMINGS = ("full", "stem")
+MAX_SIDECAR = 16 << 20  # a sidecar larger than this is not one (digiKam and darktable write a few KB)
 
 NS_X = "adobe:ns:meta/"
 NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -107,26 +110,31 @@ class _List:
 
 def export(paths: Sequence[str], subjects: Mapping[str, Sequence[str]], naming: str = "full") -> ExportReport:
     """Write each image's keywords (subjects[path]; none: an earlier export's keywords may have to go) into its
-    sidecar. A sidecar that cannot be read or written is reported, not fatal; one left as it was is counted."""
+    sidecar. Images that share one sidecar (`stem` naming: photo.heic and photo.jpg both have photo.xmp) share
+    their keywords there: the union, written once. A sidecar that cannot be read or written is reported, not
+    fatal; one left as it was is counted."""
     report = ExportReport()
+    by_sidecar: dict[Path, list[str]] = {}
     for path in paths:
-        sidecar = sidecar_path(path, naming)
+        by_sidecar.setdefault(sidecar_path(path, naming), []).append(path)
+    for sidecar, images in by_sidecar.items():
+        keywords = list(dict.fromkeys(k for path in images for k in subjects.get(path, [])))
         before = _stamp(sidecar)
         try:
-            write_subjects(path, subjects.get(path, []), naming)
+            write_subjects(images[0], keywords, naming)
         except XmpError as exc:
             report.failed.append(Skipped(str(sidecar), str(exc)))
             continue
         if _stamp(sidecar) != before:
             report.written += 1
-        elif path in subjects:
+        elif any(path in subjects for path in images):
             report.unchanged += 1
     return report
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = path.lstat()
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
@@ -194,9 +202,11 @@ def write_subjects(image_path: str | Path, subjects: Sequence[str], naming: str 
 
 def _load(path: Path) -> _Sidecar:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise XmpError(f"cannot read sidecar {path}: {exc.strerror}; check it is a readable file") from exc
+        data, _ = read_regular(str(path), MAX_SIDECAR)
+    except FileNotFoundError as exc:
+        raise XmpError(f"cannot read sidecar {path}: it is gone") from exc
+    except Unreadable as exc:
+        raise XmpError(f"cannot read sidecar {path}: {exc}; check it is a readable file") from exc
     try:
         # ElementTree drops prefixes on parse and renames them ns0, ns1... on write unless told them again.
         prefixes = [ns for _, ns in ET.iterparse(io.BytesIO(data), events=("start-ns",))]
@@ -382,7 +392,9 @@ def _serialize(sidecar: _Sidecar) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    target = path.resolve() if path.is_symlink() else path  # keep a linked sidecar a link
+    """Write beside the sidecar and rename over it: never through a symlink, whose target may be anywhere (a
+    dangling `photo.jpg.xmp -> ~/.config/autostart/x.desktop`); a linked sidecar becomes a file of its own."""
+    target = path
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
         # O_EXCL with 0o666 lets the umask decide, like any other file the user creates (mkstemp would make
@@ -396,7 +408,9 @@ def _write_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, target.stat().st_mode & 0o7777)  # a rewrite keeps the mode the user gave the file
+            mode = target.lstat()
+            if stat.S_ISREG(mode.st_mode):
+                os.chmod(tmp, mode.st_mode & 0o7777)  # a rewrite keeps the mode the user gave the file
         os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ should not be, and what reaches a terminal or another local user."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,99 @@ def test_a_first_tagging_pass_keeps_its_prompts_as_it_goes_says_its_cost_and_sto
     assert notice.startswith("embedding 900 label prompts once for this model: about ")  # 300 labels x 3 templates
     report = lib.tag(vocabulary=str(vocabulary))
     assert report.prompts_embedded == 900 - 2 * tagger.TEXT_BATCH, "the two chunks done were kept"
+
+
+# 4. the reader read any file whole (a 2 GB .jpg peaked at 2.2 GB); 5. the server read whatever an indexed path
+# had become (a FIFO hung its threads, a link to /dev/zero grew it to 6 GB)
+
+
+def test_a_file_too_large_for_any_legal_image_is_refused_unread(lib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from imgsearch import images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    limit = images.size_limit(lib.settings.index.max_pixels)
+    with open(folder / "huge.jpg", "wb") as f:  # sparse: no disk used, no time to write
+        f.truncate(limit + 1)
+    with open(folder / "video.jpg", "wb") as f:  # large, and not an image from its first bytes on
+        f.write(b"\x00\x00\x00\x18ftypmp42")
+        f.truncate(images.BIG_FILE + 1)
+    report = lib.index([folder])
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
+    assert reasons["huge.jpg"] == f"too large ({(limit + 1) >> 20} MB; at most {limit >> 20} MB is read)"
+    assert reasons["video.jpg"] == f"not an image ({(images.BIG_FILE + 1) >> 20} MB that do not start like one)"
+
+
+@pytest.mark.parametrize("becomes", ["fifo", "device link", "folder"])
+def test_the_server_refuses_what_an_indexed_path_has_become_without_waiting(lib, shapes, becomes: str) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from imgsearch.web.server import create_app
+
+    folder, labels = shapes
+    lib.index([folder])
+    path = Path(sorted(labels)[0])
+    image_id = lib.image_id_of(path)
+    path.unlink()
+    if becomes == "fifo":
+        os.mkfifo(path)
+    elif becomes == "device link":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    answers: dict[str, object] = {}
+    with TestClient(create_app(lib, token="t", port=80), base_url="http://localhost") as api:
+
+        def ask() -> None:
+            for what in ("file", "thumbnail"):
+                answer = api.get(f"/api/images/{image_id}/{what}")
+                answers[what] = (answer.status_code, answer.json()["detail"])
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(20)
+    assert set(answers) == {"file", "thumbnail"}, "the server answered at once"
+    for status, detail in answers.values():  # type: ignore[misc]
+        assert status == 404 and "not a regular file" in detail
+
+
+# 9. `tag export --xmp --sidecar-name stem` kept one file's tags when two share a stem (a.heic + a.jpg);
+# 11. a sidecar that is a dangling symlink was written through, outside the photo folder
+
+
+def test_files_that_share_a_sidecar_share_its_keywords(lib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from imgsearch import xmp
+    from tests import tinyclip
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = __import__("random").Random(1)
+    tinyclip.draw("red", "circle", rng).save(folder / "a.png")
+    tinyclip.draw("blue", "square", rng).convert("RGB").save(folder / "a.jpg")
+    lib.index([folder])
+    lib.set_tag("from png", [folder / "a.png"])
+    lib.set_tag("from jpg", [folder / "a.jpg"])
+    first = lib.export_xmp(naming="stem")
+    assert (first.written, first.failed) == (1, [])
+    assert sorted(xmp.read_subjects(folder / "a.xmp")) == ["from jpg", "from png"]
+    again = lib.export_xmp(naming="stem")
+    assert (again.written, again.unchanged) == (0, 1), "the shared sidecar is not rewritten on every run"
+
+
+def test_a_sidecar_that_is_a_symlink_is_never_written_through(lib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from imgsearch import xmp
+    from tests import tinyclip
+
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    tinyclip.draw("red", "circle", __import__("random").Random(2)).save(folder / "x.png")
+    lib.index([folder])
+    lib.set_tag("holiday", [folder / "x.png"])
+    (folder / "x.png.xmp").symlink_to(elsewhere / "planted.desktop")  # dangling
+    report = lib.export_xmp()
+    assert report.written == 1 and not (elsewhere / "planted.desktop").exists()
+    sidecar = folder / "x.png.xmp"
+    assert not sidecar.is_symlink() and xmp.read_subjects(sidecar) == ["holiday"]

@@ -272,7 +272,7 @@ def _maybe_known(digest: str, known: np.ndarray) -> bool:
     return i < len(known) and known[i] == key
 
 
-def _read_one(path: str, known: np.ndarray) -> tuple[Row, bytes | None]:
+def _read_one(path: str, known: np.ndarray, max_bytes: int) -> tuple[Row, bytes | None]:
     """What reading finds of a file: its row, and its bytes if the model should see them."""
     row: Row = {
         "path": os.fsencode(path),
@@ -287,7 +287,7 @@ def _read_one(path: str, known: np.ndarray) -> tuple[Row, bytes | None]:
         "height": 0,
     }
     try:
-        found = images.read_file(path)
+        found = images.read_file(path, max_bytes)
     except FileNotFoundError:
         return row | {"gone": True}, None
     except ImageDecodeError as exc:
@@ -323,7 +323,7 @@ class _Embed:
 
     def _read(self, path: bytes) -> tuple[Row, np.ndarray | None]:
         name = os.fsdecode(path)
-        row, data = _read_one(name, self.known)
+        row, data = _read_one(name, self.known, images.size_limit(self.settings.max_pixels))
         if data is None:
             return row, None
         try:

@@ -27,7 +27,13 @@ def local_path(raw: str, map_prefix: tuple[str, str] | None = None) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def inspect(raw: str, need_size: bool, names: NameFilter, map_prefix: tuple[str, str] | None = None) -> LocalFile:
+def inspect(
+    raw: str,
+    need_size: bool,
+    names: NameFilter,
+    map_prefix: tuple[str, str] | None = None,
+    max_bytes: int | None = None,
+) -> LocalFile:
     """The file an imported row names, read and hashed as the indexer reads it; its pixel size (from the
     header, nothing decoded) when need_size. Never raises: a missing file or a reason comes back instead."""
     if not raw:
@@ -37,7 +43,7 @@ def inspect(raw: str, need_size: bool, names: NameFilter, map_prefix: tuple[str,
     if not names.is_image(name) or names.excluded(name):
         return LocalFile(path, error="not a file `index` would list (index.extensions, index.exclude)")
     try:
-        found = images.read_file(path)
+        found = images.read_file(path, max_bytes)
     except FileNotFoundError:
         return LocalFile(path, missing=True)
     except ImageDecodeError as exc:

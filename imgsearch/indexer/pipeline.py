@@ -152,7 +152,7 @@ class Reader:
     def read(self, item: tuple[FileEntry, StoredImage | None]) -> Read:
         entry, old = item
         try:
-            found = images.read_file(entry.path)
+            found = images.read_file(entry.path, images.size_limit(self.settings.max_pixels))
         except FileNotFoundError:
             return Read(entry, old, gone=True)
         except ImageDecodeError as exc:

@@ -33,7 +33,7 @@ def thumbnail(source: Path, content_hash: str, cache: Path, side: int, max_pixel
     target = cached(cache, content_hash, side)
     if target.is_file():
         return target
-    data = images.read_indexed(source, content_hash)
+    data = images.read_indexed(source, content_hash, max_pixels)
     picture = images.decode(data, max_pixels, draft_side=side, raw_file=is_raw(source))
     picture.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     _save_atomic(picture, target)

@@ -117,8 +117,9 @@ def vector(terms: Sequence[QueryTerm], embedder: Encoder, max_pixels: int) -> np
 def load(path: str, max_pixels: int, command: str = "query") -> Image.Image:
     """An image file given on the command line, or a one-line UsageError saying why it cannot be used."""
     try:
-        return images.decode(Path(path).read_bytes(), max_pixels, raw_file=is_raw(path))
-    except OSError as exc:
-        raise UsageError(f"{command}: cannot read image {path}: {exc.strerror}") from None
+        found = images.read_file(path, images.size_limit(max_pixels))
+        return images.decode(found.data, max_pixels, raw_file=is_raw(path))
+    except FileNotFoundError:
+        raise UsageError(f"{command}: no such image file: {path}") from None
     except ImageDecodeError as exc:
         raise UsageError(f"{command}: cannot use image {path}: {exc}") from None
