@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import os
-import stat
 import threading
 import warnings
 from dataclasses import dataclass
