@@ -34,7 +34,7 @@ class _Group(click.Group):
         except ImgSearchError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"imgsearch: {exc}", err=True)
+            click.echo(f"imgsearch: {render.shown(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("imgsearch: interrupted", err=True)
@@ -130,7 +130,7 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 (open for the whole run)
 
     def say(text: str, err: bool = False) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {render.shown(text)}"
         if log:
             log.write(line + "\n")
             log.flush()
@@ -143,7 +143,8 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
     try:
         with _stop_on_signals() as stop, _library(ctx) as lib:
             if not quiet:
-                click.echo(f"watching {', '.join(paths) or 'the indexed folders'} (Ctrl-C to stop)", err=True)
+                folders = ", ".join(render.shown(p) for p in paths) or "the indexed folders"
+                click.echo(f"watching {folders} (Ctrl-C to stop)", err=True)
             lib.watch(paths, on_pass=on_pass, stop=stop, on_notice=lambda text: say(text, err=True))
     finally:
         if log:
@@ -228,7 +229,7 @@ def _write_html(
     from imgsearch.web import report
 
     count = report.write(target, report.query_title(text, images, tags), hits, lib.thumbnail)
-    click.echo(f"wrote {count} result{'' if count == 1 else 's'} to {target}", err=True)
+    click.echo(f"wrote {count} result{'' if count == 1 else 's'} to {render.shown(str(target))}", err=True)
 
 
 def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[Any], as_json: bool) -> None:
@@ -239,9 +240,7 @@ def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[A
             click.echo(render.hits(hits), nl=bool(hits))
             click.echo(render.verdict(verdict), err=True)
         with _stop_on_signals() as stop, _progress(as_json) as on_progress:
-            result = lib.generate(
-                text, on_progress=on_progress, on_notice=lambda line: click.echo(line, err=True), stop=stop
-            )
+            result = lib.generate(text, on_progress=on_progress, on_notice=_notice, stop=stop)
     if as_json:
         click.echo(render.to_json({"hits": hits, "match": verdict, "generated": result}))
     elif result is None:
@@ -254,7 +253,7 @@ def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[A
 @click.argument("prompt", nargs=-1, required=True)
 @click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps (generate.steps).")
 @click.option("--size", help="Side, or WIDTHxHEIGHT, in pixels (generate.size).")
-@click.option("--seed", type=click.IntRange(min=0), help="Same seed, same device: the same image.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Same seed, same device: the same image.")
 @click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this picture instead of noise.")
 @click.option("--generator", type=click.Choice(list(GENERATORS)), help="generate.generator")
 @click.option("--json", "as_json", is_flag=True)
@@ -279,7 +278,7 @@ def generate(
             init_image=init_image,
             generator=generator,
             on_progress=on_progress,
-            on_notice=lambda line: click.echo(line, err=True),
+            on_notice=_notice,
             stop=stop,
         )
     click.echo(render.to_json(result) if as_json else render.generation(result))
@@ -350,7 +349,7 @@ def tag(ctx: click.Context, path_prefix: str | None, vocabulary: str | None, qui
             vocabulary=vocabulary,
             on_progress=on_progress,
             stop=stop,
-            on_notice=lambda line: click.echo(line, err=True),
+            on_notice=_notice,
         )
     click.echo(render.to_json(report) if as_json else render.tag_report(report))
 
@@ -370,7 +369,7 @@ def tag_add(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
     """Tag images by hand: files, or every indexed image under a folder. The auto-tagger keeps it."""
     with _library(ctx) as lib:
         changed = lib.set_tag(label, paths, present=True)
-    click.echo(f"tagged {changed} images '{label}'")
+    click.echo(f"tagged {changed} images '{render.shown(label)}'")
 
 
 @_by_hand("remove")
@@ -378,7 +377,7 @@ def tag_remove(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
     """Remove a tag by hand; the auto-tagger will not add it back to these images."""
     with _library(ctx) as lib:
         changed = lib.set_tag(label, paths, present=False)
-    click.echo(f"removed '{label}' from {changed} images")
+    click.echo(f"removed '{render.shown(label)}' from {changed} images")
 
 
 @tag.command("export")
@@ -547,9 +546,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, public: bool, 
             webbrowser.open(url)
 
     with _library(ctx) as lib:
-        server.run(
-            lib, host=host, port=port, public=public, on_ready=ready, on_notice=lambda t: click.echo(t, err=True)
-        )
+        server.run(lib, host=host, port=port, public=public, on_ready=ready, on_notice=_notice)
     click.echo("stopped", err=True)
 
 
@@ -587,6 +584,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _notice(line: str) -> None:
+    """A notice from the core (it never prints): one escaped line on stderr."""
+    click.echo(render.shown(line), err=True)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ def to_json(obj: Any) -> str:
 
 
 def hits(results: Sequence[Hit]) -> str:
-    return "\n".join(f"{h.score:.4f}\t{h.path}" for h in results)
+    return "\n".join(f"{h.score:.4f}\t{shown(h.path)}" for h in results)
 
 
 def report(r: IndexReport, max_skipped: int = 20) -> str:
@@ -45,7 +45,7 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
         f"indexed {r.embedded} new or changed{reused}, {r.unchanged + r.touched} unchanged, "
         f"{r.removed} removed, {len(r.skipped) + r.known_bad} skipped ({r.seconds:.1f} s)"
     ]
-    lines += [f"  skipped {_one_line(s.path)}: {s.reason}" for s in r.skipped[:max_skipped]]
+    lines += [f"  skipped {shown(s.path)}: {s.reason}" for s in r.skipped[:max_skipped]]
     if len(r.skipped) > max_skipped:
         lines.append(f"  ... and {len(r.skipped) - max_skipped} more (imgsearch status --errors)")
     if r.known_bad:
@@ -58,7 +58,7 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
 def tag_report(r: TagReport) -> str:
     embedded = f", {r.prompts_embedded} label prompts embedded" if r.prompts_embedded else ""
     return (
-        f"tagged {r.images} images against {r.labels} labels ({r.vocabulary}): {r.changed} changed, "
+        f"tagged {r.images} images against {r.labels} labels ({shown(r.vocabulary)}): {r.changed} changed, "
         f"+{r.added} -{r.removed} tags{embedded} ({r.seconds:.1f} s)"
     )
 
@@ -67,21 +67,21 @@ def verdict(v: MatchVerdict) -> str:
     if v.path is None or v.evidence is None:
         return "no indexed image to compare with: generating one"
     return (
-        f"no good match: the best hit fits '{v.rival}' better than the query "
+        f"no good match: the best hit fits '{shown(v.rival or '')}' better than the query "
         f"(evidence {v.evidence:.2f} < -{v.margin:g}); generating one"
     )
 
 
 def generation(r: GenerationResult) -> str:
     return (
-        f"generated {r.path}\n  {r.generator}, {r.width}x{r.height}, {r.steps} steps, seed {r.seed}, "
+        f"generated {shown(r.path)}\n  {r.generator}, {r.width}x{r.height}, {r.steps} steps, seed {r.seed}, "
         f"CLIP score {r.score_start:.3f} -> {r.score:.3f} ({r.seconds:.0f} s)"
     )
 
 
 def export_report(r: ExportReport, max_failed: int = 20) -> str:
     lines = [f"wrote {r.written} XMP sidecars, {r.unchanged} already up to date, {len(r.failed)} failed"]
-    lines += [f"  {s.path}: {s.reason}" for s in r.failed[:max_failed]]
+    lines += [f"  {shown(s.path)}: {shown(s.reason)}" for s in r.failed[:max_failed]]
     if len(r.failed) > max_failed:
         lines.append(f"  ... and {len(r.failed) - max_failed} more")
     return "\n".join(lines)
@@ -103,10 +103,10 @@ def embedding_import(r: EmbeddingImportReport, max_listed: int = 20) -> str:
     ]
     if not r.model_checked:
         lines.append(f"  the source does not name its model: its {r.dim}-dimension vectors were taken for {r.model_id}")
-    lines += [f"  missing {_one_line(path)}" for path in r.missing_paths[:max_listed]]
+    lines += [f"  missing {shown(path)}" for path in r.missing_paths[:max_listed]]
     if r.missing > min(max_listed, len(r.missing_paths)):
         lines.append(f"  ... and {r.missing - min(max_listed, len(r.missing_paths))} more missing")
-    lines += [f"  skipped {_one_line(s.path)}: {s.reason}" for s in r.skipped[:max_listed]]
+    lines += [f"  skipped {shown(s.path)}: {s.reason}" for s in r.skipped[:max_listed]]
     if len(r.skipped) > max_listed:
         lines.append(f"  ... and {len(r.skipped) - max_listed} more skipped")
     if r.changed:
@@ -117,15 +117,15 @@ def embedding_import(r: EmbeddingImportReport, max_listed: int = 20) -> str:
 def labels(results: Sequence[LabelResult]) -> str:
     blocks = []
     for r in results:
-        rows = [f"{s.probability:.4f}\t{s.label}" for s in r.labels]
-        blocks.append("\n".join(rows) if len(results) == 1 else "\n".join([r.path, *("  " + x for x in rows)]))
+        rows = [f"{s.probability:.4f}\t{shown(s.label)}" for s in r.labels]
+        blocks.append("\n".join(rows) if len(results) == 1 else "\n".join([shown(r.path), *("  " + x for x in rows)]))
     return "\n".join(blocks)
 
 
 def tag_counts(counts: Sequence[TagCount]) -> str:
-    width = max(len(c.label) for c in counts)
+    width = max(len(shown(c.label)) for c in counts)
     lines = [f"{'tag'.ljust(width)}  {'images':>6}  {'auto':>6}  {'hand':>6}"]
-    lines += [f"{c.label.ljust(width)}  {c.auto + c.hand:>6}  {c.auto:>6}  {c.hand:>6}" for c in counts]
+    lines += [f"{shown(c.label).ljust(width)}  {c.auto + c.hand:>6}  {c.auto:>6}  {c.hand:>6}" for c in counts]
     return "\n".join(lines)
 
 
@@ -182,7 +182,7 @@ def status(s: Status) -> str:
 
 
 def skipped(items: Iterable[Skipped]) -> str:
-    return "\n".join(f"{_one_line(s.path)}\t{s.reason}" for s in items) or "no skipped files"
+    return "\n".join(f"{shown(s.path)}\t{s.reason}" for s in items) or "no skipped files"
 
 
 def table(rows: Sequence[tuple[str, str]]) -> str:
@@ -199,8 +199,9 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _one_line(path: str) -> str:
-    """A file name as one printable line: control characters (a newline in a name) escaped."""
-    if path.isprintable():
-        return path
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+def shown(text: str) -> str:
+    """A name or path as it may reach a terminal: one printable line, control characters escaped (a file named
+    with ESC [2J clears no screen, a tab or a newline forges no result line). --json output stays exact."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -4,6 +4,7 @@ should not be, and what reaches a terminal or another local user."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -240,3 +241,53 @@ def test_a_sidecar_that_is_a_symlink_is_never_written_through(lib, tmp_path: Pat
     assert report.written == 1 and not (elsewhere / "planted.desktop").exists()
     sidecar = folder / "x.png.xmp"
     assert not sidecar.is_symlink() and xmp.read_subjects(sidecar) == ["holiday"]
+
+
+# 8. a generation's seed was not checked by the API (-1 ran; 2**64 + 1 failed the job with an overflow)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64 + 1])
+def test_a_seed_outside_what_torch_takes_is_refused_by_the_api(lib, seed: int) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from imgsearch.web.server import create_app
+
+    with TestClient(create_app(lib, token="t", port=80), base_url="http://localhost") as api:
+        answer = api.post(
+            "/api/generate", json={"prompt": "a lighthouse", "seed": seed}, headers={"X-Imgsearch-Token": "t"}
+        )
+        assert answer.status_code == 422 and "seed" in json.dumps(answer.json())
+
+
+# 10. a tag with a control character was accepted, then failed the image's whole sidecar
+
+
+@pytest.mark.parametrize("label", ["bad\x01tag", "bell\x07", "esc\x1b[2J"])
+def test_a_tag_with_a_control_character_is_refused_at_input(runner: CliRunner, shapes, label: str) -> None:  # type: ignore[no-untyped-def]
+    folder, labels = shapes
+    assert runner.invoke(cli, ["index", str(folder)]).exit_code == 0
+    result = runner.invoke(cli, ["tag", "add", label, sorted(labels)[0]])
+    assert result.exit_code == 2
+    line = _one_line(result.output)
+    assert line.startswith("imgsearch: tag: not a usable tag name: ") and line.isprintable()
+    assert runner.invoke(cli, ["tags"]).output.strip() == "no tags yet (imgsearch tag)"
+
+
+# 14. paths and names reached the terminal raw (an ESC sequence cleared the screen; a tab forged a result line)
+
+
+def test_names_reach_the_terminal_escaped_and_json_exact(runner: CliRunner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests import tinyclip
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    hostile = folder / "x\x1b[2J\x1b]0;owned\x07\tfake 1.0000\n.png"
+    tinyclip.draw("red", "circle", __import__("random").Random(3)).save(hostile)
+    assert runner.invoke(cli, ["index", str(folder)]).exit_code == 0
+    text = runner.invoke(cli, ["query", "a red circle"]).output
+    assert "\x1b" not in text and "\x07" not in text and len(text.strip().splitlines()) == 1
+    assert text.strip().split("\t")[1].endswith("x\\x1b[2J\\x1b]0;owned\\x07\\tfake 1.0000\\n.png")
+    hits = json.loads(runner.invoke(cli, ["query", "a red circle", "--json"]).output)
+    assert hits[0]["path"] == str(hostile)
+    added = runner.invoke(cli, ["tag", "add", "holiday", str(hostile)]).output
+    assert added.strip() == "tagged 1 images 'holiday'"

@@ -33,9 +33,10 @@ def normal(label: str) -> str:
 
 
 def usable(label: str) -> str:
-    """The normal name of a tag given by hand, or UsageError: empty, or with "," or "|" (vocabulary syntax)."""
+    """The normal name of a tag given by hand, or UsageError: empty, with "," or "|" (vocabulary syntax), or with a
+    control character (XMP cannot carry most of them, and a terminal would act on them)."""
     name = normal(label)
-    if not name or "," in name or "|" in name:
+    if not name or "," in name or "|" in name or not name.isprintable():
         raise UsageError(f"tag: not a usable tag name: {label!r}")
     return name
 

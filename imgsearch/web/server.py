@@ -52,6 +52,7 @@ BROWSER_TYPES = {
 }
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 MAX_PAGE = 500
+MAX_SEED = 2**63 - 1  # torch's manual_seed takes a signed 64-bit seed
 PREVIEW_SIDE = 2048  # the JPEG rendition of a TIFF, HEIC, JPEG XL or RAW the lightbox shows
 
 Offset = Annotated[int, Query(ge=0, le=100_000, description="skip this many results")]
@@ -134,7 +135,7 @@ class MatchOut(BaseModel):
 class GenerateIn(BaseModel):
     prompt: str = Field(min_length=1, max_length=500)
     steps: int = Field(0, ge=0, le=5000, description="0: generate.steps")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same device: the same image")
 
 
 class JobStarted(BaseModel):
