@@ -120,6 +120,6 @@ def load(path: str, max_pixels: int, command: str = "query") -> Image.Image:
         found = images.read_file(path, images.size_limit(max_pixels))
         return images.decode(found.data, max_pixels, raw_file=is_raw(path))
     except FileNotFoundError:
-        raise UsageError(f"{command}: no such image file: {path}") from None
+        raise UsageError(f"{command}: cannot read image {path}: no such file") from None
     except ImageDecodeError as exc:
         raise UsageError(f"{command}: cannot use image {path}: {exc}") from None
