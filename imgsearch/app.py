@@ -220,12 +220,24 @@ class Library:
                 stop,
                 self._ray_reader(),
                 carry,
+                self._own_folders(),
             )
         finally:
             self.cache.forget()
         if self.settings.tagging.auto:
             report.tagged = self._tag(None, None, on_progress, stop)
         return report
+
+    def _own_folders(self) -> list[str]:
+        """What imgsearch itself writes, never indexed even inside an indexed folder: the home (its thumbnails,
+        model cache), and generated images unless generate.add_to_index asks for them."""
+        s = self.settings
+        own = [s.thumbnail_dir, s.model_cache_dir]
+        if not s.generate.add_to_index:
+            own += [s.home, s.generated_dir]
+        elif not s.generated_dir.is_relative_to(s.home):
+            own.append(s.home)  # else the home's other contents are not pictures: its thumbnails and models are out
+        return [str(p) for p in own]
 
     def _ray_reader(self) -> MakeReader | None:
         """The reader stage on the Ray cluster at `index.ray`, if set (only then is Ray imported)."""
@@ -828,5 +840,11 @@ def _absolute(path: str | Path) -> str:
 
 
 def _root(path_prefix: str | Path | None) -> str | None:
-    """A folder filter as the store compares it: absolute, or None for everything."""
-    return _absolute(path_prefix) if path_prefix is not None else None
+    """A folder filter as the store compares it (as text: absolute and normalised, never looked up on disk, since
+    it may come from a web request), or None for everything. The CLI resolves symlinks in what a user types."""
+    if path_prefix is None:
+        return None
+    text = os.fspath(path_prefix)
+    if "\0" in text:
+        raise UsageError("path prefix: a path cannot hold a NUL character")
+    return os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(text)))

@@ -157,7 +157,7 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 @click.argument("terms", nargs=-1)
 @click.option("-k", "--top", type=click.IntRange(min=1), default=None, help="Number of results (search.top_k).")
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(), help="Find images similar to this one.")
-@click.option("--path-prefix", type=click.Path(), help="Only results under this folder.")
+@click.option("--path-prefix", type=click.Path(resolve_path=True), help="Only results under this folder.")
 @click.option("-t", "--tag", "tags", multiple=True, help="Only images with this tag (repeat: all of them).")
 @click.option("--include-generated", is_flag=True, help="Also return images made by `imgsearch generate`.")
 @click.option(
@@ -327,7 +327,7 @@ def label(
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option("--path-prefix", type=click.Path(resolve_path=True), help="Only images under this folder.")
 @click.option("--vocabulary", type=click.Path(dir_okay=False), help="A vocabulary file (default: tagging.vocabulary).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -385,7 +385,7 @@ def tag_remove(ctx: click.Context, label: str, paths: tuple[str, ...]) -> None:
 @click.option("--csv", "fmt", flag_value="csv", help="CSV rows: path, label, source, score, probability.")
 @click.option("--json", "fmt", flag_value="json", help="JSON: each image with its tags.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", help="CSV/JSON file.")
-@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option("--path-prefix", type=click.Path(resolve_path=True), help="Only images under this folder.")
 @click.option(
     "--sidecar-name",
     type=click.Choice(["full", "stem"]),
@@ -433,7 +433,7 @@ def tags(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="img_emb/img_emb_N.npy + metadata/metadata_N.parquet, as clip-retrieval writes them.",
 )
-@click.option("--path-prefix", type=click.Path(), help="Only images under this folder.")
+@click.option("--path-prefix", type=click.Path(resolve_path=True), help="Only images under this folder.")
 @click.option("--shard-size", type=click.IntRange(min=1), help="Vectors per file (default 1,000,000).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -291,3 +291,47 @@ def test_names_reach_the_terminal_escaped_and_json_exact(runner: CliRunner, tmp_
     assert hits[0]["path"] == str(hostile)
     added = runner.invoke(cli, ["tag", "add", "holiday", str(hostile)]).output
     assert added.strip() == "tagged 1 images 'holiday'"
+
+
+# 6. GET /api/search?path_prefix=%00 was a 500 in text/plain (Path.resolve on the request's value)
+
+
+def test_a_path_prefix_from_a_request_is_compared_as_text(lib, shapes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from imgsearch.web.server import create_app
+
+    folder, labels = shapes
+    lib.index([folder])
+    (tmp_path / "link").symlink_to(folder)
+    with TestClient(create_app(lib, token="t", port=80), base_url="http://localhost") as api:
+        bad = api.get("/api/search", params={"q": "a red circle", "path_prefix": "\x00"})
+        assert bad.status_code == 400 and bad.json() == {"detail": "path prefix: a path cannot hold a NUL character"}
+        through_dots = api.get("/api/search", params={"q": "a red circle", "path_prefix": f"{folder}/../pictures/"})
+        assert len(through_dots.json()["hits"]) == len(labels) or through_dots.json()["more"]
+        through_link = api.get("/api/search", params={"q": "a red circle", "path_prefix": str(tmp_path / "link")})
+        assert through_link.status_code == 200 and through_link.json()["hits"] == [], "no lookup on disk"
+
+
+# 13. a home inside an indexed folder indexed its own thumbnails, which grew each cycle
+
+
+def test_imgsearch_never_indexes_its_own_folders(tiny, tiny_embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from imgsearch import Library, load_settings
+    from tests.conftest import draw_shapes, tiny_overrides
+
+    photos = tmp_path / "Pictures"
+    labels = draw_shapes(photos, per_class=1)
+    home = photos / "imgsearch-home"  # the home inside the indexed folder, not hidden by a dot-name
+    overrides = {**tiny_overrides(tiny), "model.cache_dir": str(home / "models"), "serve.thumbnail_size": "40"}
+    with Library(load_settings(home, overrides=overrides), embedder=tiny_embedder) as lib:
+        (home / "generated").mkdir(parents=True)
+        draw_shapes(home / "generated", per_class=1)  # as if generated, with add_to_index off
+        draw_shapes(home / "models" / "some-cache", per_class=1)
+        for _ in range(2):
+            report = lib.index([photos])
+            for hit in lib.query("a red circle", k=len(labels)):
+                lib.thumbnail(hit.id)  # thumbnails are JPEG files under the home, inside the indexed folder
+        assert lib.store.count() == len(labels) and report.embedded == 0
+        indexed = lib.store.paths_of(lib.store.all_vectors()[0].tolist()).values()
+        assert not [p for p in indexed if p.startswith(str(home))]

@@ -83,14 +83,22 @@ class Read:
         return self.pixels is not None or self.vector is not None
 
 
-def plan(store: Store, roots: Sequence[str], settings: IndexSettings, on_progress: OnProgress) -> Plan:
-    """Walk the roots and sort every file into unchanged / to do / known bad; what is indexed but gone is missing."""
+def plan(
+    store: Store,
+    roots: Sequence[str],
+    settings: IndexSettings,
+    on_progress: OnProgress,
+    own_folders: Sequence[str] = (),
+) -> Plan:
+    """Walk the roots and sort every file into unchanged / to do / known bad; what is indexed but gone is missing.
+    own_folders (imgsearch's home, thumbnails, model cache) are never walked, even inside a root."""
     result = Plan()
     scanner = Scanner(
         settings.extensions,
         settings.exclude,
         settings.follow_symlinks,
         on_skip=lambda path, reason: result.scan_skips.append(Skipped(path, reason)),
+        own_folders=own_folders,
     )
     seen: set[str] = set()
     for root in roots:
@@ -386,6 +394,7 @@ def run(
     stop: threading.Event | None = None,
     make_reader: MakeReader | None = None,
     carry: cache.Carry | None = None,
+    own_folders: Sequence[str] = (),
 ) -> IndexReport:
     """Bring the index in line with the files under roots. The caller holds the writer lock.
 
@@ -395,7 +404,7 @@ def run(
     """
     started = time.monotonic()
     report = IndexReport()
-    work = plan(store, roots, settings, on_progress)
+    work = plan(store, roots, settings, on_progress, own_folders)
     report.unchanged = work.unchanged
     report.known_bad = len(work.known_bad)
     report.skipped.extend(Skipped(printable(s.path), s.reason) for s in work.scan_skips)

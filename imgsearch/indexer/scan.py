@@ -95,14 +95,20 @@ class Scanner:
         exclude: Iterable[str] = (),
         follow_symlinks: bool = True,
         on_skip: OnSkip | None = None,
+        own_folders: Iterable[str] = (),
     ):
         self.names = NameFilter(extensions, exclude)
         self.follow_symlinks = follow_symlinks
         self.on_skip = on_skip or (lambda path, reason: None)
+        # imgsearch's own folders (its home, thumbnails, model cache...) are never indexed, even inside a root:
+        # known by device and inode while walking (whatever the path, links included), by real path for a root.
+        found = [(os.path.realpath(f), _stat(f)) for f in own_folders]
+        self.own = {(st.st_dev, st.st_ino) for _, st in found if st is not None}
+        self.own_paths = [real for real, st in found if st is not None]
 
     def scan(self, root: str) -> Iterator[FileEntry]:
         st = _stat(root)
-        if st is None:
+        if st is None or self._own(root):
             return
         if stat.S_ISDIR(st.st_mode):
             yield from self._walk(root, {(st.st_dev, st.st_ino)})
@@ -136,11 +142,15 @@ class Scanner:
             return
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
-            if key not in seen:  # else a symlink loop, or a second link to a folder already walked
+            if key not in seen and key not in self.own:  # else a loop, a second link to it, or imgsearch's own
                 seen.add(key)
                 yield from self._walk(entry.path, seen)
         elif self.names.is_image(entry.name):
             yield from self._file(entry.path, st)
+
+    def _own(self, root: str) -> bool:
+        real = os.path.realpath(root)
+        return any(real == own or real.startswith(own.rstrip(os.sep) + os.sep) for own in self.own_paths)
 
     def _file(self, path: str, st: os.stat_result) -> Iterator[FileEntry]:
         if not stat.S_ISREG(st.st_mode):
