@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from imgsearch.indexer.pipeline import MakeReader, OnProgress
     from imgsearch.search.engine import SearchEngine
     from imgsearch.search.labels import Label
-    from imgsearch.search.tagger import LabelVectors
+    from imgsearch.search.tagger import LabelVectors, PromptMemory
     from imgsearch.store.cache import Carry, VectorCache
     from imgsearch.store.repository import Store
     from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport
@@ -67,6 +67,8 @@ class Library:
         self._store: Store | None = None
         self._cache: VectorCache | None = None
         self.lock = WriterLock(settings.home)
+        # serve: what requests ask is remembered in memory (bounded), never written to the database
+        self.prompt_memory: PromptMemory | None = None
         self._loading = threading.Lock()  # a server's threads must not load the model twice
         self._torch_embedder: DifferentiableClip | None = None
 
@@ -811,15 +813,21 @@ def models(name: str | None = None) -> list[str]:
 
 class _QueryEncoder:
     """Text embeddings of prompts seen before come from the database, so a repeated query never loads
-    the model (nor imports torch); new prompts go through the model and are remembered."""
+    the model (nor imports torch); new prompts go through the model and are remembered: in the database, or, in
+    a server (Library.prompt_memory), in memory."""
 
     def __init__(self, lib: Library):
         self.lib = lib
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         from imgsearch.embed import configured_model_id
+        from imgsearch.search.tagger import LabelVectors
 
-        return self.lib.label_vectors().encode(configured_model_id(self.lib.settings), texts)
+        lib = self.lib
+        vectors = LabelVectors(
+            lib.store, lambda: lib.embedder, lib.settings.tagging.templates, memory=lib.prompt_memory
+        )
+        return vectors.encode(configured_model_id(lib.settings), texts)
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.lib.embedder.embed_images(images)

@@ -335,3 +335,34 @@ def test_imgsearch_never_indexes_its_own_folders(tiny, tiny_embedder, tmp_path: 
         assert lib.store.count() == len(labels) and report.embedded == 0
         indexed = lib.store.paths_of(lib.store.all_vectors()[0].tolist()).values()
         assert not [p for p in indexed if p.startswith(str(home))]
+
+
+# 3. any page could make a browser GET the API (each new prompt embedded and stored for good), and a GET of 379
+# terms held the model for 11 s
+
+
+def test_api_requests_from_other_sites_are_refused_and_requests_write_nothing(lib, shapes) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from imgsearch.embed import configured_model_id
+    from imgsearch.search.tagger import PromptMemory
+    from imgsearch.web.server import create_app
+
+    folder, _ = shapes
+    lib.index([folder])
+    lib.prompt_memory = PromptMemory(cap=50)
+    with TestClient(create_app(lib, token="t", port=80), base_url="http://localhost") as api:
+        for site in ("cross-site", "same-site"):
+            answer = api.get("/api/search", params={"q": "a cat"}, headers={"Sec-Fetch-Site": site})
+            assert answer.status_code == 403 and answer.json() == {"detail": "cross-site request refused"}
+        assert (
+            api.get("/api/search", params={"q": "a cat"}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        )
+        prompts = [f"a picture number {i}" for i in range(60)]
+        for prompt in prompts:
+            assert api.get("/api/search", params={"q": prompt}).status_code == 200
+        many = " + ".join(["a cat"] * 17)
+        answer = api.get("/api/search", params={"q": many})
+        assert answer.status_code == 400 and answer.json()["detail"] == "query: at most 16 terms (this one has 17)"
+    assert lib.store.tags.cached_text_vectors(configured_model_id(lib.settings), prompts) == {}, "nothing stored"
+    assert len(lib.prompt_memory) == 50, "at most its cap in memory, the least recently used dropped"

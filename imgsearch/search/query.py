@@ -26,6 +26,7 @@ from imgsearch.types import QueryTerm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"}
 IMAGE_SUFFIXES |= {".avif", ".jxl", *RAW_SUFFIXES}
+MAX_TERMS = 16  # each term is a model call when new: a query of hundreds would hold the model for seconds
 _SPLIT = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+):(?!\d)(.+)$", re.DOTALL)  # "10:00 meeting" is no weight
 
@@ -40,6 +41,8 @@ def parse(text: str, files: bool = True) -> list[QueryTerm]:
     if text[:2] in ("+ ", "- "):
         sign, text = (-1.0 if text[0] == "-" else 1.0), text[2:]
     parts = _SPLIT.split(text)
+    if len(parts) > 2 * MAX_TERMS - 1:
+        raise UsageError(f"query: at most {MAX_TERMS} terms (this one has {(len(parts) + 1) // 2})")
     terms = [_term(parts[0], sign, files)]
     for op, raw in zip(parts[1::2], parts[2::2], strict=True):
         terms.append(_term(raw, -1.0 if op == "-" else 1.0, files))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
 
@@ -31,6 +32,37 @@ SAME_PROBABILITY = 0.005  # a kept tag whose probability moved less than this is
 LONG_FIRST_PASS = 30.0  # seconds of prompt embedding worth a word before it goes on
 
 
+class PromptMemory:
+    """New prompts' embeddings kept in memory, the least recently used dropped past `cap`: how a server remembers
+    what its requests asked without writing anything to the database (anyone who can reach it could grow it)."""
+
+    def __init__(self, cap: int = 10_000):
+        self.cap = cap
+        self._kept: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            found = {}
+            for text in texts:
+                vector = self._kept.get((model_id, text))
+                if vector is not None:
+                    self._kept.move_to_end((model_id, text))
+                    found[text] = vector
+            return found
+
+    def put(self, model_id: str, vectors: Mapping[str, np.ndarray]) -> None:
+        with self._lock:
+            for text, vector in vectors.items():
+                self._kept[(model_id, text)] = vector
+                self._kept.move_to_end((model_id, text))
+            while len(self._kept) > self.cap:
+                self._kept.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 class LabelVectors:
     """Label embeddings through the database cache; the model is loaded only for prompts never seen before."""
 
@@ -43,8 +75,10 @@ class LabelVectors:
         stop: threading.Event | None = None,
         turn: AbstractContextManager[Any] | None = None,
         on_notice: Callable[[str], None] = lambda text: None,
+        memory: PromptMemory | None = None,
     ):
         self.store = store
+        self.memory = memory  # new prompts kept here instead of in the database (serve)
         self.embedder = embedder
         self.templates = list(templates)
         self.on_progress = on_progress
@@ -77,6 +111,8 @@ class LabelVectors:
         New prompts are embedded and kept a chunk at a time, so a run stopped part-way (Ctrl-C, kill -9) keeps
         what it did; `stop` ends it between chunks with InterruptedRun."""
         found = self.store.tags.cached_text_vectors(model_id, texts)
+        if self.memory is not None:
+            found.update(self.memory.get(model_id, [t for t in texts if t not in found]))
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             embedder = self._model(model_id)
@@ -90,9 +126,11 @@ class LabelVectors:
                     fresh = dict(zip(part, embedder.embed_texts(part), strict=True))
                 if i == 0 and len(missing) > len(part):
                     self._estimate(len(missing), len(part) / max(time.monotonic() - started, 1e-6))
-                # A cache that cannot be written (a read-only home, a full disk) costs only speed.
-                with suppress(StoreError, OSError):
-                    self.store.tags.cache_text_vectors(model_id, fresh, logits)
+                if self.memory is not None:
+                    self.memory.put(model_id, fresh)
+                else:  # a cache that cannot be written (a read-only home, a full disk) costs only speed
+                    with suppress(StoreError, OSError):
+                        self.store.tags.cache_text_vectors(model_id, fresh, logits)
                 found.update(fresh)
                 self.embedded += len(part)
                 self.on_progress(Progress("labels", i + len(part), len(missing)))

@@ -3,6 +3,8 @@
 - Host: only localhost, 127.0.0.1 and [::1] (and the names in serve.allowed_hosts), on the server's
   own port. A web page on another origin that re-points its DNS name at 127.0.0.1 (DNS rebinding)
   still sends its own name as Host, and is refused.
+- Sec-Fetch-Site: an API request a browser says comes from another site (or another origin of this one) is
+  refused, GETs too: a page elsewhere must not make a visitor's browser search (each new prompt is a model call).
 - Token: every POST carries the session token in an X-Imgsearch-Token header; a cross-site page can
   neither read the token nor send that header without a CORS preflight, which is never granted. An
   Origin header, when sent, must be the server's own. With `serve --public` every request needs the
@@ -100,6 +102,10 @@ class Guard:
             raise Refused(401, "this server needs its token: open the URL `imgsearch serve` printed")
         if method == "POST":
             self._check_post(headers)
+        elif scope["path"].startswith("/api/") and not _same_origin(headers):
+            # A page elsewhere may make a browser GET the API (an <img>, a fetch without CORS): each new prompt
+            # costs a model call. The browser says where a request comes from; tools (curl, `query`) say nothing.
+            raise Refused(403, "cross-site request refused")
         length = headers.get("content-length", [""])[0]
         if length and (not length.isdigit() or int(length) > self.max_body):
             raise Refused(413, self._too_large())
@@ -123,7 +129,7 @@ class Guard:
         origin = headers.get("origin", [None])[0]
         if origin is not None and not self._own_origin(origin, headers["host"][0]):
             raise Refused(403, "cross-origin request refused")
-        if headers.get("sec-fetch-site", ["same-origin"])[0] not in ("same-origin", "none"):
+        if not _same_origin(headers):
             raise Refused(403, "cross-site request refused")
 
     def _own_origin(self, origin: str, host: str) -> bool:
@@ -203,3 +209,9 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + SECURITY_HEADERS})
     await send({"type": "http.response.body", "body": body})
+
+
+def _same_origin(headers: dict[str, list[str]]) -> bool:
+    """The browser's own word (Sec-Fetch-Site) that the request comes from the server's page or the user; a request
+    without it (curl, `imgsearch query`) is not a browser's."""
+    return headers.get("sec-fetch-site", ["same-origin"])[0] in ("same-origin", "none")

@@ -215,6 +215,10 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         redoc_url=None,
     )
     model_lock = threading.RLock()  # one model and one vector index: queries take turns (each is milliseconds)
+    if lib.prompt_memory is None:  # a request never writes to the database: the prompts it asks are kept in memory
+        from imgsearch.search.tagger import PromptMemory
+
+        lib.prompt_memory = PromptMemory()
     jobs = Jobs(
         lambda job, on_progress, on_notice, stop: lib.generate(
             job.prompt, steps=job.steps, seed=job.seed, on_progress=on_progress, on_notice=on_notice, stop=stop
