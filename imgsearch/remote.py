@@ -41,15 +41,20 @@ def fingerprint(settings: Settings) -> str:
     return hashlib.sha256(repr((str(settings.home), items)).encode()).hexdigest()[:32]
 
 
-def announce(settings: Settings, server: Server) -> None:
-    """Write the discovery file, readable by this user only (it holds the token)."""
+def announce(settings: Settings, server: Server) -> str | None:
+    """Write the discovery file, readable by this user only (it holds the token). Returns why it could not be
+    written (a read-only home), or None: the server runs either way, `query` then answers by itself."""
     path = settings.server_file
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(server.__dict__, out)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(server.__dict__, out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        return f"cannot write {path} ({exc.strerror or exc}): `imgsearch query` will not ask this server"
+    return None
 
 
 def withdraw(settings: Settings) -> None:

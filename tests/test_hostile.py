@@ -366,3 +366,54 @@ def test_api_requests_from_other_sites_are_refused_and_requests_write_nothing(li
         assert answer.status_code == 400 and answer.json()["detail"] == "query: at most 16 terms (this one has 17)"
     assert lib.store.tags.cached_text_vectors(configured_model_id(lib.settings), prompts) == {}, "nothing stored"
     assert len(lib.prompt_memory) == 50, "at most its cap in memory, the least recently used dropped"
+
+
+# 7. a read-only home gave tracebacks (index: writer.lock; serve: serve.json) and queries failed too
+
+
+@pytest.fixture
+def read_only_home(lib, shapes, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The test's indexed home, seen through a read-only bind mount (root writes anywhere, so permissions would
+    not do): what read-only media or another user's home look like."""
+    import shutil
+    import subprocess
+
+    folder, labels = shapes
+    lib.index([folder])
+    lib.close()
+    mounted = tmp_path / "read-only-home"
+    mounted.mkdir()
+    mount = shutil.which("mount")
+    made = mount and subprocess.run([mount, "--bind", str(lib.settings.home), str(mounted)], capture_output=True)
+    if not made or made.returncode:
+        pytest.skip("no bind mount here (needs root)")
+    try:
+        subprocess.run([mount, "-o", "remount,ro,bind", str(mounted)], check=True, capture_output=True)
+        yield mounted, folder, labels
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)
+
+
+def test_a_read_only_home_answers_queries_and_refuses_writes_in_one_line(
+    read_only_home, runner: CliRunner, tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from imgsearch import Library, load_settings, remote
+    from tests.conftest import tiny_overrides
+
+    mounted, folder, labels = read_only_home
+    monkeypatch.setenv("IMGSEARCH_HOME", str(mounted))
+    status = json.loads(runner.invoke(cli, ["status", "--json"]).output)
+    assert status["images"] == len(labels)
+    hits = json.loads(runner.invoke(cli, ["query", "a red circle", "-k", "2", "--json"]).output)
+    assert [labels[h["path"]] for h in hits] == ["a red circle"] * 2
+    for args, message in (
+        (["index", str(folder)], f"imgsearch: cannot write to {mounted} (Read-only file system): indexing needs"),
+        (["tag", "add", "x", str(folder)], f"imgsearch: {mounted} is read-only: queries work, but nothing"),
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1 and _one_line(result.output).startswith(message), result.output
+    settings = load_settings(mounted, overrides=tiny_overrides(tiny))
+    why = remote.announce(settings, remote.Server("http://127.0.0.1:1/", "t", os.getpid(), "f"))
+    assert why is not None and why.startswith(f"cannot write {mounted / 'serve.json'} (Read-only file system)")
+    with Library(settings) as lib:
+        assert lib.thumbnail(hits[0]["id"], 40).is_file(), "thumbnails go to a private temp folder"

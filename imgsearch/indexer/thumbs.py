@@ -30,14 +30,24 @@ def thumbnail(source: Path, content_hash: str, cache: Path, side: int, max_pixel
 
     Raises ImageDecodeError when the file cannot be read or decoded, or is not what was indexed.
     """
-    target = cached(cache, content_hash, side)
-    if target.is_file():
-        return target
+    target, elsewhere = cached(cache, content_hash, side), cached(_fallback_cache(), content_hash, side)
+    for made in (target, elsewhere):
+        if made.is_file():
+            return made
     data = images.read_indexed(source, content_hash, max_pixels)
     picture = images.decode(data, max_pixels, draft_side=side, raw_file=is_raw(source))
     picture.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    _save_atomic(picture, target)
+    try:
+        _save_atomic(picture, target)
+    except OSError:  # a read-only home: its thumbnails go to a private temp folder instead
+        _fallback_cache().mkdir(mode=0o700, exist_ok=True)
+        _save_atomic(picture, elsewhere)
+        return elsewhere
     return target
+
+
+def _fallback_cache() -> Path:
+    return Path(tempfile.gettempdir()) / f"imgsearch-thumbnails-{os.getuid()}"
 
 
 def _save_atomic(picture: Image.Image, target: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgsearch.errors import BusyError
+from imgsearch.errors import BusyError, StoreError
 
 SAVING = "saving the vector index"  # the role of a query that rebuilt the cache
 SAVE_WAIT = 30.0
@@ -29,8 +29,13 @@ class WriterLock:
     @contextmanager
     def hold(self, role: str = "indexing") -> Iterator[None]:
         """Hold the lock for as long as the block runs; BusyError when another process writes."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / "writer.lock", "a+") as f:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            f = open(self.home / "writer.lock", "a+")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise StoreError(f"cannot write to {self.home} ({why}): indexing needs a writable home") from None
+        with f:
             deadline = time.monotonic() + SAVE_WAIT
             while True:
                 try:

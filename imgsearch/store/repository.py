@@ -12,6 +12,7 @@ of vectors, so the FAISS cache can tell whether it is current. PostgreSQL search
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -99,16 +101,18 @@ class Store:
 
     def __init__(self, location: Path | str):
         self._held = threading.local()
+        self.read_only = False  # a SQLite file in a folder this process cannot write: queries only
         if isinstance(location, str):
             self.path: Path | None = None
             self.engine, self.name = _postgres_engine(location)
         else:
             self.path, self.name = location, str(location)
             location.parent.mkdir(parents=True, exist_ok=True)
-            self.engine = _engine(location)
+            self.read_only = location.is_file() and not os.access(location.parent, os.W_OK)
+            self.engine = _engine(location, self.read_only)
         self.postgres = self.engine.dialect.name == POSTGRES
         try:
-            _migrate(self.engine, self.name)
+            _migrate(self.engine, self.name, self.read_only)
         except DatabaseError as exc:
             self.engine.dispose()
             raise StoreError(f"cannot open the database {self.name}: {first_line(exc.orig)}") from None
@@ -146,6 +150,8 @@ class Store:
             except OperationalError as exc:
                 raise StoreError(f"cannot write the database {self.name}: {first_line(exc.orig)}") from None
             return
+        if self.read_only:
+            raise StoreError(f"{Path(self.name).parent} is read-only: queries work, but nothing can be written there")
         with self._write_lock():
             try:
                 with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
@@ -561,17 +567,25 @@ def _create_vector_index(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_images_vector ON images USING hnsw (vector vector_cosine_ops)")
 
 
-def _engine(path: Path) -> Engine:
+def _engine(path: Path, read_only: bool = False) -> Engine:
+    """The SQLite engine. read_only (a folder this process cannot write: read-only media, another user's home):
+    opened as immutable (no lock or -shm file to create) when no write-ahead log holds pages, else mode=ro."""
+    url = f"sqlite:///{path}"
+    if read_only:
+        wal = path.with_name(path.name + "-wal")
+        mode = "ro" if wal.exists() and wal.stat().st_size else "ro&immutable=1"
+        url = f"sqlite:///file:{quote(str(path))}?mode={mode}&uri=true"
     # Reader threads look up content hashes concurrently: one pooled connection each.
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60}, pool_size=8, max_overflow=32)
+    engine = create_engine(url, connect_args={"timeout": 60}, pool_size=8, max_overflow=32)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own handling is deferred-only).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
 
@@ -582,10 +596,12 @@ def _engine(path: Path) -> Engine:
     return engine
 
 
-def _migrate(engine: Engine, name: str) -> None:
+def _migrate(engine: Engine, name: str, read_only: bool = False) -> None:
     """Bring the schema to head; refuse a database written by a newer imgsearch."""
     if _revision(engine) == HEAD:
         return
+    if read_only:
+        raise StoreError(f"the database {name} needs an upgrade, which its read-only folder cannot take")
     from alembic import command
     from alembic.config import Config
     from alembic.migration import MigrationContext

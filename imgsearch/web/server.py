@@ -521,7 +521,11 @@ def run(
     # Installed before the discovery file announces the server, so a signal from then on is always a clean stop.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        remote.announce(lib.settings, remote.Server(local, token, os.getpid(), remote.fingerprint(lib.settings)))
+        unannounced = remote.announce(
+            lib.settings, remote.Server(local, token, os.getpid(), remote.fingerprint(lib.settings))
+        )
+        if unannounced:
+            on_notice(f"imgsearch: {unannounced}")
         turn = cast(FastAPI, app.app).state.model_lock
         threading.Thread(target=_prepare, args=(lib, turn, on_notice), name="imgsearch-warm", daemon=True).start()
         on_ready(f"{local}?token={token}" if public else local)
