@@ -60,6 +60,7 @@ class Server:
     images: int
     output: list[str]
     proc: subprocess.Popen[str]
+    login: str = ""  # the URL the server printed: opening it makes this browser the owner (it may change things)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -106,7 +107,7 @@ def _read_url(proc: subprocess.Popen[str], output: list[str], timeout: float) ->
         assert proc.stdout is not None
         for line in proc.stdout:
             output.append(line)
-            match = re.search(r"http://[^\s/]+", line)
+            match = re.search(r"http://\S+", line)
             if match and not url:
                 url.append(match.group(0))
                 found.set()
@@ -172,10 +173,13 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
     )
     output: list[str] = []
     try:
-        url = _read_url(proc, output, timeout=60)
+        login = _read_url(proc, output, timeout=60)  # the owner's URL, with the token
+        url = "{0.scheme}://{0.netloc}".format(urlsplit(login))
         status = _wait_ready(url, proc, output)
         _wait_match_ready(url, output)
-        yield Server(url=url, folder=folder, examples=examples, images=status["images"], output=output, proc=proc)
+        yield Server(
+            url=url, folder=folder, examples=examples, images=status["images"], output=output, proc=proc, login=login
+        )
     finally:
         proc.terminate()
         try:
@@ -197,7 +201,7 @@ def browser() -> Iterator[Any]:
 
 
 @contextmanager
-def _new_tab(browser: Any, server: Server, **options: Any) -> Iterator[Tab]:
+def _new_tab(browser: Any, server: Server, owner: bool = True, **options: Any) -> Iterator[Tab]:
     context = browser.new_context(viewport=options.pop("viewport", {"width": 1280, "height": 860}), **options)
     context.set_default_timeout(15_000)
     page = context.new_page()
@@ -211,6 +215,8 @@ def _new_tab(browser: Any, server: Server, **options: Any) -> Iterator[Tab]:
             tab.foreign.append(request.url)
 
     page.on("request", on_request)
+    if owner and server.login:
+        page.goto(server.login)  # the printed URL sets the session cookie: this browser may change things
     # ERR_ABORTED is the page's own doing (an image replaced while loading, a superseded search), not a fault.
     page.on("requestfailed", lambda r: None if "ERR_ABORTED" in (r.failure or "") else tab.failed.append(r.url))
     page.on("response", lambda r: tab.failed.append(f"{r.url}: {r.status}") if r.status >= 400 else None)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -182,7 +182,7 @@ def site(tiny: tinyclip.TinyCheckpoint, tiny_embedder, tmp_path_factory: pytest.
     served = _start(["serve", "--port", "0"], env, root)
     try:
         token = json.loads((home / "serve.json").read_text())["token"]
-        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        port = int(urlsplit(served.url).port or 0)  # the printed URL carries the token: the owner's way in
         secrets = root / "secret.txt", root / "secret.png"
         yield Site(port, token, home, folder, *secrets, victim, image_id, victim_id, images, served.output)
     finally:
@@ -505,11 +505,20 @@ def test_refusals_carry_security_headers_and_a_json_detail(site: Site) -> None:
     assert set(json.loads(response.body)) == {"detail"}
 
 
-def test_page_carries_the_token_only_for_this_origin(site: Site) -> None:
+def test_page_carries_the_token_only_for_its_owner(site: Site) -> None:
+    """The page hands out the token only to the browser that opened the URL `serve` printed (its cookie): any
+    other local user can browse and search on loopback, and change nothing."""
     page = site.get("/")
-    assert page.status == 200 and site.token.encode() in page.body
-    assert page.header("cache-control") == "no-store"
-    assert "access-control-allow-origin" not in page.headers
+    assert page.status == 200 and site.token.encode() not in page.body
+    login = site.get("/?token=<token>")
+    assert login.status == 303 and login.header("location") == "/"
+    cookie = login.header("set-cookie").split(";")[0]
+    mine = site.get("/", f"Cookie: {cookie}")
+    assert mine.status == 200 and site.token.encode() in mine.body
+    assert mine.header("cache-control") == "no-store"
+    assert "access-control-allow-origin" not in mine.headers
+    wrong = site.get("/?token=wrong")
+    assert wrong.status == 401 and "set-cookie" not in wrong.headers
 
 
 # ---- the discovery file --------------------------------------------------------------------

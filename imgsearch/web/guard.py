@@ -7,8 +7,10 @@
   refused, GETs too: a page elsewhere must not make a visitor's browser search (each new prompt is a model call).
 - Token: every POST carries the session token in an X-Imgsearch-Token header; a cross-site page can
   neither read the token nor send that header without a CORS preflight, which is never granted. An
-  Origin header, when sent, must be the server's own. With `serve --public` every request needs the
-  token (header, or the cookie that visiting the printed URL sets).
+  Origin header, when sent, must be the server's own. The page carries the token only for the browser that
+  opened the URL `serve` printed (a cookie that visit sets): on a machine shared with other users, they can
+  browse and search on loopback but change nothing. With `serve --public` every request needs the token
+  (header, or that cookie).
 - Bodies: larger than serve.max_upload_mb are refused before they are read (Content-Length) or as
   soon as they grow past it (chunked).
 - Responses get a strict Content-Security-Policy and no-sniff, no-referrer, no-framing headers.
@@ -80,7 +82,7 @@ class Guard:
         except Refused as refused:
             await _refuse(send, refused.status, refused.detail)
             return
-        if self.public and _query_token(scope) is not None and scope["method"] == "GET":
+        if _query_token(scope) is not None and scope["method"] == "GET":
             await self._set_cookie_and_redirect(scope, send)
             return
         answered = [False]  # set once the Guard has refused a body that grew too large
@@ -215,3 +217,12 @@ def _same_origin(headers: dict[str, list[str]]) -> bool:
     """The browser's own word (Sec-Fetch-Site) that the request comes from the server's page or the user; a request
     without it (curl, `imgsearch query`) is not a browser's."""
     return headers.get("sec-fetch-site", ["same-origin"])[0] in ("same-origin", "none")
+
+
+def owner(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
+    """Whether a request carries the session cookie (its browser opened the URL `serve` printed)."""
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        found.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    cookie = _cookie(found)
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), token.encode())  # type: ignore[union-attr]

@@ -37,7 +37,7 @@ from imgsearch.errors import (
 )
 from imgsearch.types import Hit
 from imgsearch.version import __version__
-from imgsearch.web.guard import Guard
+from imgsearch.web.guard import Guard, owner
 from imgsearch.web.jobs import Job, Jobs
 
 # Formats every browser shows; anything else (TIFF, HEIC, JPEG XL, camera RAW) is sent as a JPEG rendition.
@@ -248,8 +248,10 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         return JSONResponse({"detail": f"the image file cannot be shown: {exc}"}, status_code=404)
 
     @api.get("/", include_in_schema=False)
-    def index_page() -> Response:
-        body = static["index.html"][0].replace(b"{{TOKEN}}", token.encode())
+    def index_page(request: Request) -> Response:
+        # The token only for the owner's browser (the printed URL set its cookie): another local user browses.
+        mine = owner(request.scope["headers"], token)
+        body = static["index.html"][0].replace(b"{{TOKEN}}", token.encode() if mine else b"")
         return Response(body, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
 
     @api.get("/static/{name}", include_in_schema=False)
@@ -492,7 +494,8 @@ def run(
     on_ready: Callable[[str], None] = lambda url: None,
     on_notice: Callable[[str], None] = lambda text: None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM. on_ready gets the URL to open (with the token when public)."""
+    """Serve until SIGINT or SIGTERM. on_ready gets the URL to open, with the token: the browser that opens it
+    may change things (tags, generation, uploads); others reaching the server can only browse and search."""
     import secrets
 
     import uvicorn
@@ -528,7 +531,7 @@ def run(
             on_notice(f"imgsearch: {unannounced}")
         turn = cast(FastAPI, app.app).state.model_lock
         threading.Thread(target=_prepare, args=(lib, turn, on_notice), name="imgsearch-warm", daemon=True).start()
-        on_ready(f"{local}?token={token}" if public else local)
+        on_ready(f"{local}?token={token}")  # the owner's way in: changes need the cookie this visit sets
         if not server.should_exit:
             server.run(sockets=[sock])
     finally:

@@ -4,6 +4,10 @@
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
 const TOKEN = document.querySelector('meta[name="imgsearch-token"]')?.content ?? "";
+// The server hands the token only to the browser that opened the URL `imgsearch serve` printed: without it this
+// page browses and searches by text, and changes nothing (tags, generation, uploads).
+const OWNER = TOKEN !== "";
+const NOT_OWNER = "Open the URL `imgsearch serve` printed to change tags, generate or search by a picture.";
 const params = new URLSearchParams(location.search);
 const PAGE_SIZE = params.has("limit") ? clampInt(params.get("limit"), 1, 500, 40) : null; // null: the server's
 const POLL_MS = 500;
@@ -153,6 +157,7 @@ function fetchPage(offset, signal) {
     return api(`/api/images/${state.like.id}/similar?${new URLSearchParams(paging)}`, { signal });
   }
   if (state.mode === "image") {
+    if (!OWNER) throw new Error(NOT_OWNER);
     const form = new FormData();
     form.append("file", state.file);
     for (const [key, value] of Object.entries(paging)) form.append(key, value);
@@ -307,10 +312,11 @@ function renderDetail(image) {
   },
   el("span", { text: t.label }),
   t.source === "hand" ? el("span", { class: "hand-mark", text: "✎", "aria-label": "by hand" }) : "",
-  el("button", {
+  OWNER ? el("button", {
     type: "button", class: "x", "data-testid": "remove-tag", "aria-label": `Remove tag ${t.label}`, text: "×",
     onclick: () => setTag(image.id, t.label, false),
-  }))));
+  }) : "")));
+  ui.tagForm.hidden = !OWNER;
   if (!image.tags.length) ui.lbTags.append(el("li", { class: "muted small", text: "No tags" }));
 }
 
@@ -363,11 +369,11 @@ function showBanner(q) {
   ui.banner.dataset.prompt = q;
   ui.genButton.textContent = "Generate it";
   ui.genTitle.textContent = `Nothing in your library looks like “${q}”`;
-  const available = state.status?.generation_available !== false;
+  const available = OWNER && state.status?.generation_available !== false;
   ui.genButton.disabled = !available || Boolean(state.job);
   ui.genNote.textContent = available
     ? "Make one with CLIP guidance (VQGAN+CLIP): a few minutes on a CPU, under one on a GPU."
-    : "Image generation is not available on this server.";
+    : OWNER ? "Image generation is not available on this server." : NOT_OWNER;
   ui.genJob.hidden = true;
   ui.genResult.hidden = true;
   showError(ui.genError, "");
