@@ -185,6 +185,8 @@ class Problem(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "bad request"},
     404: {"model": Problem, "description": "no such image or job"},
+    409: {"model": Problem, "description": "busy: a generation runs, or another process writes"},
+    503: {"model": Problem, "description": "the model's weights cannot be had"},
 }
 
 _STATUS = {NotFoundError: 404, UsageError: 400, ConfigError: 400, BusyError: 409, WeightsError: 503}
