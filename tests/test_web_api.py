@@ -172,8 +172,9 @@ def test_status_and_openapi(api: TestClient) -> None:
     assert api.get("/docs").status_code == 404  # the Swagger page would load scripts from a CDN
 
 
-def test_the_page_carries_the_token_and_its_own_assets(api: TestClient) -> None:
-    page = api.get("/")
+def test_the_page_carries_the_token_for_its_owner_and_its_own_assets(api: TestClient) -> None:
+    assert f'content="{TOKEN}"' not in api.get("/", cookies={}).text  # another local user: browsing only
+    page = api.get("/", cookies={"imgsearch_token": TOKEN})  # the owner: opened the printed URL
     assert page.headers["cache-control"] == "no-store"
     assert f'content="{TOKEN}"' in page.text
     for asset in re.findall(r'(?:src|href)="([^"]+)"', page.text):
