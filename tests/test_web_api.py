@@ -173,8 +173,8 @@ def test_status_and_openapi(api: TestClient) -> None:
 
 
 def test_the_page_carries_the_token_for_its_owner_and_its_own_assets(api: TestClient) -> None:
-    assert f'content="{TOKEN}"' not in api.get("/", cookies={}).text  # another local user: browsing only
-    page = api.get("/", cookies={"imgsearch_token": TOKEN})  # the owner: opened the printed URL
+    assert f'content="{TOKEN}"' not in api.get("/").text  # another local user: browsing only
+    page = api.get("/", headers={"Cookie": f"imgsearch_token={TOKEN}"})  # the owner: opened the printed URL
     assert page.headers["cache-control"] == "no-store"
     assert f'content="{TOKEN}"' in page.text
     for asset in re.findall(r'(?:src|href)="([^"]+)"', page.text):
