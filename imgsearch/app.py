@@ -231,14 +231,13 @@ class Library:
         return report
 
     def _own_folders(self) -> list[str]:
-        """What imgsearch itself writes, never indexed even inside an indexed folder: the home (its thumbnails,
-        model cache), and generated images unless generate.add_to_index asks for them."""
+        """The folders of pictures imgsearch itself writes, never indexed even inside an indexed folder: its
+        thumbnails, its model cache, and generated images unless generate.add_to_index asks for them. The home
+        as a whole is not one of them: the rest of it holds no pictures, and a user may keep photos beside it."""
         s = self.settings
         own = [s.thumbnail_dir, s.model_cache_dir]
         if not s.generate.add_to_index:
-            own += [s.home, s.generated_dir]
-        elif not s.generated_dir.is_relative_to(s.home):
-            own.append(s.home)  # else the home's other contents are not pictures: its thumbnails and models are out
+            own.append(s.generated_dir)
         return [str(p) for p in own]
 
     def _ray_reader(self) -> MakeReader | None:
