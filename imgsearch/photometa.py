@@ -96,14 +96,16 @@ def _headers(source: bytes | str, notes: list[str]) -> Headers:
     file, from its header; empty if it has none."""
     images.register_heif()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 exif = _exif(image, notes)
                 return exif, _sub_ifds(exif, notes), _xmp(image)
     except Exception as exc:  # not an image, or a header Pillow cannot parse: the name and mtime still count
         notes.append(f"header unreadable ({type(exc).__name__})")
         return None, {}, None
+    finally:  # Pillow reads what it can of a damaged EXIF block and warns: the warning is the reason kept
+        notes.extend(f"EXIF damaged ({_first(w.message)})" for w in caught if "EXIF" in str(w.message))
 
 
 def _exif(image: Image.Image, notes: list[str]) -> Image.Exif | None:
@@ -276,6 +278,10 @@ def _offset_minutes(sign: str, hours: str, minutes: str) -> int | None:
     if int(minutes) >= 60 or total > 14 * 60:
         return None
     return -total if sign == "-" else total
+
+
+def _first(message: Warning | str) -> str:
+    return str(message).strip().splitlines()[0][:80] if str(message).strip() else "no detail"
 
 
 # camera, lens, position

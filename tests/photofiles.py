@@ -108,7 +108,7 @@ def write(path: Path, shot: Shot, picture_: Image.Image | None = None, mtime: fl
         text = PngImagePlugin.PngInfo()
         if xmp:
             text.add_itxt("XML:com.adobe.xmp", xmp.decode())
-        image.save(path, "PNG", exif=exif(shot), pnginfo=text)
+        image.save(path, "PNG", exif=exif(shot).tobytes(), pnginfo=text)  # an Exif object without IFD0 tags is falsy
     else:
         images.register_heif()
         extra = {"xmp": xmp} if xmp else {}
