@@ -284,3 +284,44 @@ def test_the_api_takes_the_same_filters_and_describes_them(lib: Library, trips: 
         assert {"after", "before", "camera", "place", "sort"} <= set(params)
         assert "2023-06" in params["after"]["description"]
         assert "taken" in spec["components"]["schemas"]["HitOut"]["properties"]
+
+
+def test_migrate_carries_the_fields(lib: Library, trips: dict[str, Path], tiny, home: Path, request) -> None:  # type: ignore[no-untyped-def]
+    before = {h.path: h for h in lib.query(after="1990", k=50)}
+    url = "" if lib.store.postgres else request.getfixturevalue("postgres").new_database()
+    lib.migrate(url or "sqlite")  # SQLite into PostgreSQL, or PostgreSQL back into SQLite
+    other = Library(load_settings(home, overrides={**tiny_overrides(tiny), "store.url": url}), embedder=lib.embedder)
+    assert other.store.postgres != lib.store.postgres
+    assert {h.path: h for h in other.query(after="1990", k=50)} == before
+    assert other.status().photos == lib.status().photos
+    other.close()
+
+
+def test_tag_export_leaves_the_dates_of_existing_sidecars_alone(lib: Library, trips: dict[str, Path]) -> None:
+    import pyexiv2
+
+    photo = trips["lisbon1"]
+    sidecar = photo.with_name(photo.name + ".xmp")
+    sidecar.write_text(
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        ' <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        ' xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/"'
+        ' xmp:CreateDate="2019-07-14T10:00:00+01:00" xmp:ModifyDate="2024-01-02T03:04:05+01:00"'
+        ' photoshop:DateCreated="2019-07-14T10:00:00.25+01:00">\n'
+        "  <exif:DateTimeOriginal>2019-07-14T10:00:00+01:00</exif:DateTimeOriginal>\n"
+        ' </rdf:Description>\n</rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>',
+        encoding="utf-8",
+    )
+
+    def dates() -> dict[str, str]:
+        with pyexiv2.Image(str(sidecar)) as read:
+            return {k: v for k, v in read.read_xmp().items() if "Date" in k}
+
+    before = dates()
+    assert len(before) == 4
+    lib.set_tag("portugal", [photo])
+    assert lib.export_xmp().written == 1
+    assert dates() == before, "the export touched none of the date fields"
+    with pyexiv2.Image(str(sidecar)) as read:
+        assert "portugal" in str(read.read_xmp()["Xmp.dc.subject"])
