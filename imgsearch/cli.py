@@ -164,8 +164,8 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 @click.option("--place", help="Place name (city, region, country) contains this (case-insensitive).")
 @click.option(
     "--sort",
-    type=click.Choice(["relevance", "date", "-date"]),
-    help="relevance (default), date (oldest first) or -date (newest first); write --sort=-date.",
+    metavar="relevance|date|-date",
+    help="relevance (default), date (oldest taken first) or -date (newest first; write --sort=-date).",
 )
 @click.option("--include-generated", is_flag=True, help="Also return images made by `imgsearch generate`.")
 @click.option(

@@ -2,7 +2,7 @@
 people or more, through reverse_geocoder (the `places` extra: it brings SciPy, 150 MB installed, which the light
 install cannot hold). No network call is ever made.
 
-The geocoder is loaded on first use only, that is when a photo has GPS (about 1 s and 8 MB of data, once per
+The geocoder is loaded on first use only, that is when a photo has GPS (1-2 s and about 150 MB of memory, once per
 process); without the extra, `name` gives None and the positions wait in the database to be named once it is
 installed (imgsearch.indexer.backfill). A leaf module: the standard library, and reverse_geocoder when asked.
 """

@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     select,
@@ -98,7 +99,6 @@ PHOTO_COLUMNS = (
     images.c.photo_notes,
     images.c.photo_version,
 )
-SORTS = ("date", "-date")  # listings and hits by capture time, oldest or newest first
 
 
 def prefix_range(root: str) -> tuple[str, str]:
@@ -450,8 +450,12 @@ class Store:
         if root is None and not tags and not photo:
             return None
         with self.read() as conn:
-            stmt = select(images.c.id).where(filtered(conn, root, tags, photo, include_generated=True))
-            return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
+            condition = filtered(conn, root, tags, photo, include_generated=True)
+            if self.postgres:
+                return np.fromiter(conn.execute(select(images.c.id).where(condition)).scalars(), dtype=np.int64)
+            # One string of ids that numpy parses, not a Python row each: 50k ids in 9 ms instead of 55.
+            text = conn.execute(select(func.group_concat(images.c.id)).where(condition)).scalar()
+        return np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
 
     def photos_of(self, ids: Iterable[int]) -> dict[int, tuple[str, PhotoMeta]]:
         """{id: (path, photo fields)} of those ids that are indexed."""
@@ -643,7 +647,10 @@ def filtered(
 
         condition = condition & with_all(tags)
     if not include_generated:
-        condition = condition & ~images.c.generated
+        # Not `~generated`: SQLite, without statistics, would take ix_images_generated for it (generated = 0 is
+        # nearly every row) over the capture-time or path range that narrows the search (a month listed: 200 ms
+        # instead of 5 at 100k). That index serves the lookup of the few generated images (hidden_ids).
+        condition = condition & ~func.coalesce(images.c.generated, false())
     if photo.after is not None:
         condition = condition & (images.c.taken >= photo.after)
     if photo.before is not None:
@@ -664,10 +671,11 @@ def _containing(conn: Connection, column: ColumnElement[str], needle: str) -> li
 
 
 def _order(sort: str | None) -> list[Any]:
+    """Undated images last either way. Newest first is the index on taken read backwards (SQLite: no sort)."""
     if sort == "date":
-        return [images.c.taken.is_(None), images.c.taken, images.c.id]
+        return [images.c.taken.asc().nulls_last(), images.c.id]
     if sort == "-date":
-        return [images.c.taken.is_(None), images.c.taken.desc(), images.c.id.desc()]
+        return [images.c.taken.desc().nulls_last(), images.c.id.desc()]
     return [images.c.indexed_at.desc(), images.c.id.desc()]
 
 
