@@ -24,6 +24,7 @@ from imgsearch.config import Settings, is_postgres_url, load_settings
 from imgsearch.errors import BusyError, IndexEmptyError, NotFoundError, UsageError
 from imgsearch.store.lock import WriterLock
 from imgsearch.types import (
+    NO_FILTER,
     ExportReport,
     GenerationResult,
     Hit,
@@ -33,6 +34,7 @@ from imgsearch.types import (
     LabelResult,
     MatchVerdict,
     MigrateReport,
+    PhotoFilter,
     Progress,
     QueryTerm,
     Skipped,
@@ -226,6 +228,7 @@ class Library:
             )
         finally:
             self.cache.forget()
+        report.photos_read, report.places_named = self._backfill(on_progress, stop)
         if self.settings.tagging.auto:
             report.tagged = self._tag(None, None, on_progress, stop)
         return report
@@ -239,6 +242,13 @@ class Library:
         if not s.generate.add_to_index:
             own.append(s.generated_dir)
         return [str(p) for p in own]
+
+    def _backfill(self, on_progress: OnProgress, stop: threading.Event | None) -> tuple[int, int]:
+        """Photo fields of images indexed without them (before the upgrade, by `import`, on Ray): headers only."""
+        from imgsearch.indexer import backfill
+
+        filled = backfill.run(self.store, on_progress, stop)
+        return filled.read, filled.named
 
     def _ray_reader(self) -> MakeReader | None:
         """The reader stage on the Ray cluster at `index.ray`, if set (only then is Ray imported)."""
@@ -298,18 +308,29 @@ class Library:
         include_generated: bool = False,
         files_in_text: bool = True,
         ask_server: bool = False,
+        after: str | None = None,
+        before: str | None = None,
+        camera: str | None = None,
+        place: str | None = None,
+        sort: str | None = None,
     ) -> list[Hit]:
         """Images best matching a query: text and/or image terms (see imgsearch.search.query).
 
-        With `tags`, only images carrying all of them are searched; with tags alone, the images
-        tagged with the first are listed, hand tags first, then by the tag's probability. Images
-        made by `generate` are left out unless include_generated. With files_in_text=False, no
-        term of `text` is taken for an image file (text that came from the network). With
-        ask_server, a text query goes to a running `imgsearch serve` of the same settings, whose
-        model is loaded already (see imgsearch.remote); without one, it is answered here.
+        With `tags`, only images carrying all of them are searched; after/before (a date: 2023, 2023-06,
+        2023-06-14, each bound including the period it names), camera and place (case-insensitive substrings)
+        narrow the search the same way (imgsearch.search.dates). sort "date" or "-date" orders the k best by
+        capture time. With filters and no terms, the matching images are listed: with tags alone, those tagged
+        with the first, hand tags first, then by the tag's probability; else by capture time (newest first unless
+        sort says "date"). Images made by `generate` are left out unless include_generated. With
+        files_in_text=False, no term of `text` is taken for an image file (text that came from the network). With
+        ask_server, a text query goes to a running `imgsearch serve` of the same settings, whose model is loaded
+        already (see imgsearch.remote); without one, it is answered here.
         """
-        if tags and not text.strip() and not images:
-            return self.tagged(tags, k=k, path_prefix=path_prefix)
+        from imgsearch.search.dates import photo_filter, sort_order
+
+        photo, order = photo_filter(after, before, camera, place), sort_order(sort)
+        if not text.strip() and not images and (tags or photo or order):
+            return self._listing(k, 0, path_prefix, tags, photo, order)
         terms = self.parse_query(text, images, files_in_text)
         # the file a running server announces itself in: without it, imgsearch.remote (and http.client) is not imported
         served_here = self.settings.serve.query_via_server and self.settings.server_file.exists()
@@ -317,14 +338,24 @@ class Library:
             from imgsearch import remote
 
             path = str(path_prefix) if path_prefix is not None else None
+            flags = {"after": after, "before": before, "camera": camera, "place": place, "sort": sort}
+            given = {key: value for key, value in flags.items() if value is not None}
             served = remote.query(
-                self.settings, text, k=k, path_prefix=path, tags=tags, include_generated=include_generated
+                self.settings, text, k=k, path_prefix=path, tags=tags, include_generated=include_generated, **given
             )
             if served is not None:
                 return served
         self._check_model()
         vector = self.query_vector(terms)
-        return self.search_vector(vector, k=k, path_prefix=path_prefix, tags=tags, include_generated=include_generated)
+        return self.search_vector(
+            vector,
+            k=k,
+            path_prefix=path_prefix,
+            tags=tags,
+            include_generated=include_generated,
+            photo=photo,
+            sort=order,
+        )
 
     def parse_query(
         self, text: str = "", images: Sequence[str | Path] = (), files_in_text: bool = True
@@ -354,9 +385,14 @@ class Library:
         path_prefix: str | Path | None = None,
         tags: Sequence[str] = (),
         include_generated: bool = False,
+        photo: PhotoFilter = NO_FILTER,
+        sort: str | None = None,
     ) -> list[Hit]:
-        """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags)."""
-        return self._with_raws(self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated))
+        """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags,
+        passing the photo filter; sort "date"/"-date": those in order of capture)."""
+        return self._with_raws(
+            self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated, photo, sort)
+        )
 
     @property
     def engine(self) -> SearchEngine:
@@ -374,15 +410,41 @@ class Library:
         return [dataclasses.replace(h, raw=names.raw_of(h.path)) for h in hits]
 
     def similar(
-        self, image_id: int, *, k: int | None = None, path_prefix: str | Path | None = None, tags: Sequence[str] = ()
+        self,
+        image_id: int,
+        *,
+        k: int | None = None,
+        path_prefix: str | Path | None = None,
+        tags: Sequence[str] = (),
+        photo: PhotoFilter = NO_FILTER,
     ) -> list[Hit]:
         """Images most like an indexed one ("more like this"), best first, leaving the image itself out."""
         self.image_info(image_id)
-        return self._with_raws(self.engine.similar(image_id, k, _root(path_prefix), tags))
+        return self._with_raws(self.engine.similar(image_id, k, _root(path_prefix), tags, photo))
 
     def newest(self, *, k: int | None = None, offset: int = 0, path_prefix: str | Path | None = None) -> list[Hit]:
         """The library itself, most recently indexed first (score 0): what to show before any query."""
         return self._with_raws(self.engine.newest(k, offset, _root(path_prefix)))
+
+    def _listing(
+        self,
+        k: int | None,
+        offset: int,
+        path_prefix: str | Path | None,
+        tags: Sequence[str],
+        photo: PhotoFilter,
+        sort: str | None,
+    ) -> list[Hit]:
+        """Images that pass the filters, without a query (see query)."""
+        if tags and sort is None:
+            return self.engine.tagged(tags, k, _root(path_prefix), photo)
+        return self.engine.listing(k, offset, _root(path_prefix), tags, photo, sort or "-date")
+
+    def values(self, field: str) -> list[tuple[str, int]]:
+        """The cameras ("camera") or places ("place") of the library, with how many images have each."""
+        if field not in ("camera", "place"):
+            raise UsageError(f"values: {field!r} is not camera or place")
+        return self.store.values(field)
 
     def image(self, image_id: int) -> ImageInfo:
         """An indexed image with its tags (hand tags first). Raises NotFoundError for an unknown id."""
@@ -730,6 +792,7 @@ class Library:
             )
             if report.imported:
                 self.cache.save_rebuilt()
+            self._backfill(on_progress, stop)
         return report
 
     # reporting
@@ -768,6 +831,7 @@ class Library:
             precision_reason=decision.reason if decision else "bf16 or fp32: a probe decides on first use",
             cpu=cpu_info().describe(),
             generation_available=torch_installed(),
+            photos=store.photo_counts(),
         )
 
     def skipped(self) -> list[Skipped]:

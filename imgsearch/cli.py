@@ -159,6 +159,15 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(), help="Find images similar to this one.")
 @click.option("--path-prefix", type=click.Path(resolve_path=True), help="Only results under this folder.")
 @click.option("-t", "--tag", "tags", multiple=True, help="Only images with this tag (repeat: all of them).")
+@click.option("--after", metavar="DATE", help="Taken in or after DATE: 2023, 2023-06 or 2023-06-14.")
+@click.option("--before", metavar="DATE", help="Taken in or before DATE (both bounds include the period they name).")
+@click.option("--camera", help="Camera make or model contains this (case-insensitive).")
+@click.option("--place", help="Place name (city, region, country) contains this (case-insensitive).")
+@click.option(
+    "--sort",
+    metavar="relevance|date|-date",
+    help="relevance (default), date (oldest taken first) or -date (newest first; write --sort=-date).",
+)
 @click.option("--include-generated", is_flag=True, help="Also return images made by `imgsearch generate`.")
 @click.option(
     "--generate-if-missing", is_flag=True, help="When nothing matches the text, generate an image (VQGAN+CLIP)."
@@ -175,6 +184,11 @@ def query(
     images: tuple[str, ...],
     path_prefix: str | None,
     tags: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    place: str | None,
+    sort: str | None,
     include_generated: bool,
     generate_if_missing: bool,
     as_json: bool,
@@ -188,6 +202,8 @@ def query(
     imgsearch query "2:golden retriever" + ./pool.jpg - fruit
     imgsearch query --tag cat "on a sofa"
     imgsearch query --tag cat            (images tagged cat, by probability)
+    imgsearch query beach --after 2019-06 --before 2019-08 --camera canon
+    imgsearch query --place Lisbon --sort date   (photos taken in Lisbon, oldest first)
     imgsearch query "red car" --html results.html
     """
     from imgsearch.errors import IndexEmptyError
@@ -203,12 +219,17 @@ def query(
                 tags=tags,
                 include_generated=include_generated,
                 ask_server=True,
+                after=after,
+                before=before,
+                camera=camera,
+                place=place,
+                sort=sort,
             )
         except IndexEmptyError:
             if not generate_if_missing:
                 raise
             hits = []
-        if generate_if_missing and (images or tags or path_prefix):
+        if generate_if_missing and (images or tags or path_prefix or after or before or camera or place):
             raise click.UsageError("--generate-if-missing works with a text query alone")
         if html_file:
             _write_html(lib, html_file, text, images, tags, hits)
@@ -218,7 +239,7 @@ def query(
     if as_json:
         click.echo(render.to_json(hits))
     elif hits:
-        click.echo(render.hits(hits))
+        click.echo(render.hits(hits, dated=sort in ("date", "-date")))
     else:
         click.echo("no matches", err=True)
 
@@ -615,7 +636,7 @@ def _progress(quiet: bool) -> Iterator[Any]:
             if task is None:
                 task = tasks[event.phase] = bar.add_task(event.phase, total=event.total, rate="")
             speed = bar.tasks[task].speed
-            rate = f"{speed:.1f} files/s" if speed and event.phase == "embed" else ""
+            rate = f"{speed:.1f} files/s" if speed and event.phase in ("embed", "photos") else ""
             if event.score is not None:
                 rate = f"CLIP score {event.score:.3f}"
             bar.update(task, completed=event.done, total=event.total, rate=rate)

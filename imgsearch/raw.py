@@ -19,7 +19,6 @@ import contextlib
 import io
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -190,38 +189,18 @@ def _reason(rawpy: Any, exc: Exception) -> str:
     return f"cannot decode RAW (LibRaw: {detail})"
 
 
-@dataclass(frozen=True)
-class Metadata:
-    """When, with what and where a RAW was shot, read from the RAW file itself (None where it does not say)."""
-
-    taken: str | None = None  # "YYYY:MM:DD HH:MM:SS", as EXIF writes it (DateTimeOriginal, else DateTime)
-    make: str | None = None
-    model: str | None = None
-    lens: str | None = None
-    gps: tuple[float, float] | None = None  # latitude, longitude in degrees (north and east positive)
-
-
-def metadata(data: bytes) -> Metadata:
-    """The date, camera, lens and GPS position a RAW file records, so that what filters photos by them treats
-    RAW files as it treats JPEGs (whose EXIF Pillow reads). TIFF-based RAWs (DNG, CR2, NEF, ARW, PEF ...; ORF and
+def exif_ifds(data: bytes) -> tuple[Ifd, Ifd, Ifd]:
+    """(IFD0, the Exif IFD, the GPS IFD) a RAW file records, so that the date, camera, lens and place of a RAW
+    are read as a JPEG's EXIF is (imgsearch.photometa). TIFF-based RAWs (DNG, CR2, NEF, ARW, PEF ...; ORF and
     RW2 differ only in their first bytes) keep EXIF's own IFDs; a CR3 keeps them in its CMT1, CMT2 and CMT4
     boxes; a RAF embeds a JPEG that carries them. Anything unreadable counts as absent: never an error."""
     try:
-        ifd0, exif_ifd, gps_ifd = _exif_ifds(data)
+        return _exif_ifds(data)
     except Exception:  # a damaged header costs the metadata, not the file
-        ifd0, exif_ifd, gps_ifd = {}, {}, {}
-    tags = {**ifd0, **exif_ifd}  # a DNG may keep Exif tags in IFD0
-    return Metadata(
-        taken=_text(tags.get(_DATE_TIME_ORIGINAL) or tags.get(_DATE_TIME)),
-        make=_text(tags.get(_MAKE)),
-        model=_text(tags.get(_MODEL)),
-        lens=_text(tags.get(_LENS_MODEL)),
-        gps=_position(gps_ifd),
-    )
+        return {}, {}, {}
 
 
-_MAKE, _MODEL, _DATE_TIME, _EXIF_IFD, _GPS_IFD = 0x010F, 0x0110, 0x0132, 0x8769, 0x8825
-_DATE_TIME_ORIGINAL, _LENS_MODEL = 0x9003, 0xA434
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _TIFF_VARIANTS = {b"IIRO": b"II*\0", b"IIRS": b"II*\0", b"IIU\0": b"II*\0", b"MMOR": b"MM\0*"}  # ORF, RW2
 Ifd = dict[int, Any]
 
@@ -251,20 +230,3 @@ def _box_ifd(data: bytes, kind: bytes) -> Ifd:
     exif = Image.Exif()
     exif.load(data[at + 4 : at - 4 + size])
     return dict(exif)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    text = str(value).strip("\0 ") if value is not None else ""
-    return text or None
-
-
-def _position(gps: Ifd) -> tuple[float, float] | None:
-    """Latitude and longitude from GPS tags 1-4 (reference letters, then degrees, minutes, seconds)."""
-    try:
-        lat = sum(float(v) / 60**i for i, v in enumerate(gps[2]))
-        lon = sum(float(v) / 60**i for i, v in enumerate(gps[4]))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    return (-lat if gps.get(1) == "S" else lat, -lon if gps.get(3) == "W" else lon)

@@ -85,11 +85,13 @@ def query(
     path_prefix: str | None,
     tags: Sequence[str],
     include_generated: bool,
+    **filters: str,
 ) -> list[Hit] | None:
     """Hits from a running server for the same settings, or None: then the caller searches itself.
 
-    A query the server rejects (bad syntax) raises UsageError with the server's message, as a local
-    search would.
+    filters: the photo filters and sort as given (after, before, camera, place, sort), which the server reads
+    as `query` does. A query the server rejects (bad syntax) raises UsageError with the server's message, as a
+    local search would.
     """
     server = running(settings) if settings.serve.query_via_server else None
     if server is None or server.fingerprint != fingerprint(settings):
@@ -100,10 +102,16 @@ def query(
         params.append(("path_prefix", str(Path(path_prefix).expanduser().resolve())))
     if include_generated:
         params.append(("include_generated", "true"))
+    params += sorted(filters.items())
     answer = _get(server, "/api/search?" + urlencode(params))
     if answer is None:
         return None
-    return [Hit(int(h["id"]), str(h["path"]), float(h["score"]), h.get("raw")) for h in answer["hits"]]
+    return [_hit(h) for h in answer["hits"]]
+
+
+def _hit(h: dict) -> Hit:
+    fields = {name: h.get(name) for name in ("raw", "taken", "taken_source", "camera", "lens", "place", "lat", "lon")}
+    return Hit(int(h["id"]), str(h["path"]), float(h["score"]), **fields)
 
 
 def _get(server: Server, target: str) -> dict | None:

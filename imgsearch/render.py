@@ -18,6 +18,7 @@ from imgsearch.types import (
     LabelResult,
     MatchVerdict,
     MigrateReport,
+    PhotoCounts,
     Skipped,
     Status,
     TagCount,
@@ -35,7 +36,10 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, default=default, indent=2, ensure_ascii=False)
 
 
-def hits(results: Sequence[Hit]) -> str:
+def hits(results: Sequence[Hit], dated: bool = False) -> str:
+    """score TAB path a line; dated: the capture time first (sorted by date)."""
+    if dated:
+        return "\n".join(f"{h.taken or '-'}\t{h.score:.4f}\t{shown(h.path)}" for h in results)
     return "\n".join(f"{h.score:.4f}\t{shown(h.path)}" for h in results)
 
 
@@ -50,6 +54,10 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
         lines.append(f"  ... and {len(r.skipped) - max_skipped} more (imgsearch status --errors)")
     if r.known_bad:
         lines.append(f"  {r.known_bad} files that failed before are unchanged (imgsearch status --errors)")
+    if r.photos_read or r.places_named:
+        lines.append(f"  read the capture date, camera and place of {r.photos_read} images indexed before")
+    if r.places_named:
+        lines.append(f"  named the place of {r.places_named} images with GPS")
     if r.tagged is not None and r.tagged.images:
         lines.append(tag_report(r.tagged))
     return "\n".join(lines)
@@ -172,6 +180,7 @@ def status(s: Status) -> str:
         ("last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated_at)) if s.updated_at else "never"),
         ("folders", ", ".join(s.roots) or "-"),
     ]
+    rows += photo_rows(s.photos, s.images)
     if s.runtime:
         rows.append(("runtime", f"{s.runtime} {s.precision or '(precision not decided yet)'}"))
         rows.append(("precision", s.precision_reason))
@@ -179,6 +188,22 @@ def status(s: Status) -> str:
     if s.sqlite_version:
         rows.append(("sqlite", s.sqlite_version))
     return table(rows)
+
+
+def photo_rows(p: PhotoCounts, images: int) -> list[tuple[str, str]]:
+    """What `status` says of the photo fields: how many images have each, and what is left to do."""
+    sources = {"exif": "EXIF", "xmp": "XMP", "filename": "file name", "mtime": "file time"}
+    dated = ", ".join(f"{p.taken[k]} {label}" for k, label in sources.items() if p.taken.get(k))
+    rows = [
+        ("capture dates", f"{sum(p.taken.values())} of {images}" + (f" ({dated})" if dated else "")),
+        ("cameras, lenses", f"{p.camera}, {p.lens}"),
+        ("gps, places", f"{p.gps}, {p.place}"),
+    ]
+    if p.unread:
+        rows.append(("photo fields", f"{p.unread} images not read yet (imgsearch index reads them)"))
+    if p.unnamed:
+        rows.append(("places", f"{p.unnamed} positions without a name (pip install 'imgsearch[places]')"))
+    return rows
 
 
 def skipped(items: Iterable[Skipped]) -> str:

@@ -22,14 +22,93 @@ GENERATORS: dict[str, str] = {
 }
 
 
+# Where a capture time came from, most trusted first (photometa reads them in this order).
+DATE_SOURCES = ("exif", "xmp", "filename", "mtime")
+
+
+@dataclass(frozen=True)
+class PhotoMeta:
+    """When, with what and where a photo was taken, as its header (or its name, or its mtime) says.
+
+    `taken` is the local wall-clock time where the photo was taken ('YYYY-MM-DDTHH:MM:SS'): what a person means
+    by "June 2019", and what filters and date sorting compare. `offset` (minutes east of UTC) is known for EXIF
+    with OffsetTimeOriginal, XMP dates with a zone, and mtimes. `notes` keeps why a field was left empty (broken
+    or absurd values), "; "-separated; "" when nothing was wrong.
+    """
+
+    taken: str | None = None
+    offset: int | None = None
+    source: str | None = None  # one of DATE_SOURCES
+    camera: str | None = None  # make and model, e.g. "Canon EOS 5D Mark II"
+    lens: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    place: str | None = None  # "city, region, country", named offline from lat/lon (the `places` extra)
+    notes: str = ""
+    version: int = 0  # the imgsearch.photometa.VERSION that read it; 0: not read yet
+
+    @property
+    def taken_iso(self) -> str | None:
+        """ISO 8601, with the offset when it is known: 2023-05-12T14:03:22+09:00."""
+        if self.taken is None or self.offset is None:
+            return self.taken
+        sign, minutes = ("-" if self.offset < 0 else "+"), abs(self.offset)
+        return f"{self.taken}{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+@dataclass(frozen=True)
+class PhotoFilter:
+    """Metadata filters of a query or listing; empty fields filter nothing.
+
+    after/before: bounds on PhotoMeta.taken ('YYYY-MM-DDTHH:MM:SS'), after inclusive, before exclusive (see
+    imgsearch.search.dates, which turns "2023-06" into such bounds). camera/place: case-insensitive substrings.
+    """
+
+    after: str | None = None
+    before: str | None = None
+    camera: str | None = None
+    place: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.after, self.before, self.camera, self.place))
+
+
+NO_FILTER = PhotoFilter()
+
+
 @dataclass(frozen=True)
 class Hit:
-    """One search result: an indexed image and its similarity to the query (cosine, -1..1)."""
+    """One search result: an indexed image and its similarity to the query (cosine, -1..1), with what the index
+    knows of its capture (`taken`: ISO 8601 with the offset when known; `taken_source`: exif, xmp, filename, mtime).
+    """
 
     id: int
     path: str
     score: float
     raw: str | None = None  # a RAW+JPEG pair is one photo: the RAW original beside this JPEG or HEIF
+    taken: str | None = None
+    taken_source: str | None = None
+    camera: str | None = None
+    lens: str | None = None
+    place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+    @classmethod
+    def of(cls, image_id: int, path: str, score: float, photo: PhotoMeta) -> Hit:
+        """A hit with its photo's capture fields."""
+        return cls(
+            image_id,
+            path,
+            score,
+            taken=photo.taken_iso,
+            taken_source=photo.source,
+            camera=photo.camera,
+            lens=photo.lens,
+            place=photo.place,
+            lat=photo.lat,
+            lon=photo.lon,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,6 +134,7 @@ class ImageInfo:
     content_hash: str
     tags: tuple[ImageTag, ...] = ()
     raw: str | None = None  # the RAW original beside this JPEG or HEIF (a RAW+JPEG pair), if there is one
+    photo: PhotoMeta = field(default_factory=PhotoMeta)
 
 
 @dataclass(frozen=True)
@@ -93,6 +173,8 @@ class IndexReport:
     known_bad: int = 0
     seconds: float = 0.0
     tagged: TagReport | None = None  # with tagging.auto on
+    photos_read: int = 0  # images indexed without photo fields (before the upgrade, import, Ray) read since
+    places_named: int = 0  # GPS positions named since (the `places` extra was installed after they were read)
 
 
 @dataclass(frozen=True)
@@ -112,6 +194,20 @@ class QueryTerm:
     kind: str  # "text" | "image"
     value: str
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class PhotoCounts:
+    """`status`: how many indexed images have each capture field. unread: not read yet (`index` fills them in);
+    unnamed: with GPS but no place name (the `places` extra is not installed)."""
+
+    taken: dict[str, int] = field(default_factory=dict)  # by source: exif, xmp, filename, mtime
+    camera: int = 0
+    lens: int = 0
+    gps: int = 0
+    place: int = 0
+    unread: int = 0
+    unnamed: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +231,7 @@ class Status:
     precision_reason: str = ""  # why that precision
     cpu: str = ""  # the CPU, with the flags precision depends on
     generation_available: bool = True  # generation runs CLIP in PyTorch: the `torch` extra is installed
+    photos: PhotoCounts = field(default_factory=PhotoCounts)
 
 
 @dataclass(frozen=True)

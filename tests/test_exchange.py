@@ -28,6 +28,7 @@ from tests.conftest import tiny_env, tiny_overrides
 pytestmark = pytest.mark.both_stores
 
 OUR_COLUMNS = ["image_path", "id", "width", "height", "content_hash", "size", "mtime_ns", "generated"]
+PHOTO_COLUMNS = ["taken", "taken_source", "camera", "lens", "place", "lat", "lon", "photo_notes", "photo_version"]
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_files_are_laid_out_as_clip_retrieval_writes_them(lib: Library, indexed,
         array = np.load(npy)
         assert array.dtype == np.float16 and array.shape == (rows, dim) and array.flags.c_contiguous
         table = pq.read_table(parquet)
-        assert table.column_names == OUR_COLUMNS and table.num_rows == rows
+        assert table.column_names == OUR_COLUMNS + PHOTO_COLUMNS and table.num_rows == rows
         assert table.schema.field("image_path").type == pa.string()
         vectors.append(array)
         paths += table.column("image_path").to_pylist()

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgsearch import Library, images, load_settings, raw
+from imgsearch import Library, images, load_settings, photometa, raw
 from imgsearch.errors import ImageDecodeError
 from imgsearch.indexer.scan import NameFilter
+from imgsearch.types import PhotoMeta
 from tests.conftest import SAMPLES, tiny_env
 from tests.imagefiles import TURNS, avif, dms, dng, encode, heic, jxl
 
@@ -363,17 +364,28 @@ def box(kind: bytes, body: bytes) -> bytes:
     return (8 + len(body)).to_bytes(4, "big") + kind + body
 
 
-def assert_shot(found: raw.Metadata, camera: tuple[str, str]) -> None:
-    assert (found.taken, found.lens, (found.make, found.model)) == (SHOT[0], SHOT[1], camera)
-    assert found.gps is not None and np.allclose(found.gps, SHOT[2], atol=1e-6)
+def shot(data: bytes, name: str = "IMG_0001.DNG") -> PhotoMeta:
+    """What the index reads of a RAW in memory (imgsearch.photometa, as for a JPEG)."""
+    return photometa.read(data, name, None)
 
 
-def test_a_dng_says_when_with_what_and_where_it_was_shot() -> None:
+def assert_shot(found: PhotoMeta, camera: str) -> None:
+    assert (found.taken_iso, found.source, found.lens, found.camera) == ("2024-07-14T18:02:11", "exif", SHOT[1], camera)
+    assert found.lat is not None and found.lon is not None
+    assert np.allclose((found.lat, found.lon), SHOT[2], atol=1e-6)
+
+
+def test_a_dng_says_when_with_what_and_where_it_was_shot(tmp_path: Path) -> None:
     data = dng(sample("rocket.jpg"), shot=SHOT)
-    assert_shot(raw.metadata(data), ("imgsearch", "test mosaic"))
-    assert_shot(raw.metadata(b"IIRO" + data[4:]), ("imgsearch", "test mosaic"))  # an ORF's header, TIFF inside
-    assert raw.metadata(dng(sample("rocket.jpg"))) == raw.Metadata(make="imgsearch", model="test mosaic")
-    assert raw.metadata(b"not a raw file") == raw.Metadata()
+    assert_shot(shot(data), "imgsearch test mosaic")
+    assert_shot(shot(b"IIRO" + data[4:], "P1010001.ORF"), "imgsearch test mosaic")  # an ORF's header, TIFF inside
+    undated = shot(dng(sample("rocket.jpg")), "IMG_0002.DNG")
+    assert (undated.camera, undated.source, undated.lat) == ("imgsearch test mosaic", None, None)
+    text = shot(b"not a raw file")
+    assert (text.camera, text.taken, text.notes) == (None, None, "RAW header holds no EXIF")
+    on_disk = tmp_path / "IMG_20240714_180211.DNG"
+    on_disk.write_bytes(data)
+    assert_shot(photometa.read(str(on_disk), str(on_disk), 0), "imgsearch test mosaic")  # the backfill's way
 
 
 def gps_tags() -> dict[int, object]:
@@ -389,7 +401,7 @@ def test_a_cr3_and_a_raf_say_it_too() -> None:
     ftyp = box(b"ftyp", b"crx \0\0\0\1crx isom")
     cmt4 = exif_tiff(gps_tags())
     cr3 = ftyp + box(b"moov", box(b"uuid", bytes(16) + box(b"CMT1", cmt1) + box(b"CMT2", cmt2) + box(b"CMT4", cmt4)))
-    assert_shot(raw.metadata(cr3), ("Canon", "Canon EOS R6"))
+    assert_shot(shot(cr3, "IMG_0001.CR3"), "Canon EOS R6")
 
     exif = Image.Exif()
     exif[0x010F], exif[0x0110] = "FUJIFILM", "X-T5"
@@ -397,4 +409,4 @@ def test_a_cr3_and_a_raf_say_it_too() -> None:
     exif.get_ifd(0x8825).update(gps_tags())
     jpeg = encode(sample("rocket.jpg"), "JPEG", exif=exif)
     header = b"FUJIFILMCCD-RAW 0201FF383501".ljust(84, b"\0") + (100).to_bytes(4, "big") + len(jpeg).to_bytes(4, "big")
-    assert_shot(raw.metadata(header.ljust(100, b"\0") + jpeg), ("FUJIFILM", "X-T5"))
+    assert_shot(shot(header.ljust(100, b"\0") + jpeg, "DSCF0001.RAF"), "FUJIFILM X-T5")

@@ -26,8 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests import tinyclip
+from imgsearch import places
+from tests import photofiles, tinyclip
 from tests.conftest import draw_shapes, tiny_env
+from tests.photofiles import LISBON, SYDNEY, TOKYO, Shot
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -50,6 +52,12 @@ PER_CLASS = 3
 FAVOURITES = ("blue-square-1.png", "green-triangle-0.png")
 SCORE = re.compile(r"^-?\d+\.\d{3}$")
 SERVE = [sys.executable, "-m", "imgsearch", "serve", "--port", "0"]
+# Photos with EXIF beside the drawings, named as the drawings are (their kind is what they show).
+PHOTOS = {
+    "blue-circle-7.jpg": Shot("2019:07:14 10:00:00", "+01:00", "Canon", "Canon EOS 5D Mark II", gps=LISBON),
+    "green-square-7.jpg": Shot("2023:06:01 00:30:00", "+09:00", "Apple", "iPhone 12", gps=TOKYO),
+    "red-square-7.jpg": Shot("2021:12:25 09:00:00", make="NIKON CORPORATION", model="NIKON D750", gps=SYDNEY),
+}
 
 
 @dataclass
@@ -153,8 +161,11 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
     draw_shapes(folder, per_class=PER_CLASS)
     examples = root / "examples"
     draw_shapes(examples, per_class=1, seed=99)
+    for i, (name, shot) in enumerate(PHOTOS.items()):
+        color, shape = name.split("-")[:2]
+        photofiles.write(root / "photos" / name, shot, photofiles.picture(50 + i, color, shape))
     env = _env(root / "home", tiny)
-    _cli(["index", str(folder), "-q"], env, root)
+    _cli(["index", str(folder), str(root / "photos"), "-q"], env, root)
     vocabulary = root / "vocabulary.txt"
     vocabulary.write_text("\n".join([*tinyclip.COLORS, *tinyclip.SHAPES]) + "\n")
     _cli(["tag", "--vocabulary", str(vocabulary), "-q"], env, root)
@@ -539,3 +550,54 @@ def test_a_session_stays_local_and_error_free(tab: Tab, server: Server) -> None:
     assert tab.errors == []
     assert tab.foreign == []
     assert tab.failed == []
+
+
+def test_dates_cameras_places_and_sorting_by_date(tab: Tab, server: Server) -> None:
+    page = tab.open("/")
+    name = lambda h: Path(h["path"]).name  # noqa: E731
+    expect(page.get_by_test_id("camera-chip")).to_have_count(len(PHOTOS))
+    page.locator("[data-testid=camera-chip][data-value='Canon EOS 5D Mark II']").click()
+    settle(page)
+    assert [name(h) for h in results(page)] == ["blue-circle-7.jpg"]
+    assert parse_qs(urlsplit(page.url).query) == {"camera": ["Canon EOS 5D Mark II"]}
+    page.get_by_test_id("camera-filter").click()  # the chip above the grid takes the filter away
+    settle(page)
+    assert len(results(page)) == server.images
+
+    page.get_by_test_id("date-after").fill("2019")
+    page.get_by_test_id("date-before").fill("2021-12")
+    page.get_by_test_id("date-apply").click()
+    settle(page)
+    assert [name(h) for h in results(page)] == ["red-square-7.jpg", "blue-circle-7.jpg"], "newest taken first"
+    expect(page.get_by_test_id("context")).to_have_text("Photos · newest taken first")
+    expect(page.get_by_test_id("date-filter")).to_contain_text("2019 – 2021-12")
+    toggle = page.get_by_test_id("sort-toggle")
+    toggle.click()
+    settle(page)
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    toggle.click()
+    settle(page)
+    expect(toggle).to_have_text("Oldest first")
+    assert [name(h) for h in results(page)] == ["blue-circle-7.jpg", "red-square-7.jpg"]
+    search(page, "a blue circle")  # a text query inside the date range, its hits in date order
+    assert [name(h) for h in results(page)] == ["blue-circle-7.jpg", "red-square-7.jpg"]
+    assert all(h["score"] for h in results(page))
+    query = parse_qs(urlsplit(page.url).query)
+    assert query == {"q": ["a blue circle"], "after": ["2019"], "before": ["2021-12"], "sort": ["date"]}
+
+    page.locator("[data-testid=result][data-path$='/blue-circle-7.jpg']").click()
+    expect(page.get_by_test_id("lightbox-taken")).to_have_text("2019-07-14 10:00 (UTC+01:00) · from the camera")
+    expect(page.get_by_test_id("lightbox-camera")).to_have_text("Canon EOS 5D Mark II")
+    expect(page.get_by_test_id("lightbox-place")).to_have_text(
+        "Lisbon, Portugal" if places.available() else "38.7223, -9.1393"
+    )
+    page.screenshot(path="/tmp/imgsearch-photo-lightbox.png")
+    page.keyboard.press("Escape")
+    if places.available():
+        page.get_by_test_id("date-filter").click()
+        settle(page)
+        page.locator("[data-testid=place-chip][data-value='Tokyo, Japan']").click()
+        settle(page)
+        assert [name(h) for h in results(page)][:1] == ["green-square-7.jpg"]
+    page.screenshot(path="/tmp/imgsearch-dates.png", full_page=True)
+    assert not tab.errors and not tab.failed and not tab.foreign, (tab.errors, tab.failed, tab.foreign)

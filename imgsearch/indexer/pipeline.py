@@ -24,12 +24,13 @@ from imgsearch import images
 from imgsearch.config import IndexSettings, SearchSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
+from imgsearch.indexer import photos
 from imgsearch.indexer.scan import FileEntry, Scanner
 from imgsearch.raw import is_raw
 from imgsearch.store import cache, sync
 from imgsearch.store.repository import NewImage, Store, StoredImage, Transaction
 from imgsearch.store.vectors import FaissIndex
-from imgsearch.types import IndexReport, Progress, Skipped, printable
+from imgsearch.types import IndexReport, PhotoMeta, Progress, Skipped, printable
 
 OnProgress = Callable[[Progress], None]
 Todo = tuple[FileEntry, StoredImage | None]
@@ -76,6 +77,7 @@ class Read:
     generated: bool = False  # a PNG with imgsearch's provenance chunks
     vector: np.ndarray | None = None
     model_id: str = ""
+    photo: PhotoMeta | None = None  # what its header says; None: not read here (the backfill reads it)
 
     @property
     def fresh(self) -> bool:
@@ -166,14 +168,15 @@ class Reader:
         except ImageDecodeError as exc:
             return Read(entry, old, error=str(exc))
         entry = FileEntry(entry.path, found.size, found.mtime_ns)
+        photo = photos.describe(found.data, entry.path, found.mtime_ns)  # its header, parsed from the bytes read
         if old is not None and old.content_hash == found.digest:
-            return Read(entry, old, found.digest, touched=True)
+            return Read(entry, old, found.digest, touched=True, photo=photo)
         duplicates = self.lookup(found.digest)
         if duplicates:
-            return Read(entry, old, found.digest, duplicates=duplicates, generated=found.generated)
-        return self._decode(entry, old, found)
+            return Read(entry, old, found.digest, duplicates=duplicates, generated=found.generated, photo=photo)
+        return self._decode(entry, old, found, photo)
 
-    def _decode(self, entry: FileEntry, old: StoredImage | None, found: images.FileBytes) -> Read:
+    def _decode(self, entry: FileEntry, old: StoredImage | None, found: images.FileBytes, photo: PhotoMeta) -> Read:
         try:
             embedder = self.embedder.get()
             draft = embedder.input_size if self.settings.jpeg_draft else 0
@@ -182,7 +185,10 @@ class Reader:
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
             return Read(entry, old, found.digest, error=str(exc))
-        return Read(entry, old, found.digest, pixels=pixels, width=width, height=height, generated=found.generated)
+        generated = found.generated
+        return Read(
+            entry, old, found.digest, pixels=pixels, width=width, height=height, generated=generated, photo=photo
+        )
 
     def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
         """Everything finished since the last call (waiting for at least one), with at most
@@ -323,7 +329,7 @@ class Writer:
                 self.plan.missing[e.path] = r.old
         elif r.touched and r.old is not None:
             self.report.touched += 1
-            self.store.move_image(conn, r.old.id, e.path, e.size, e.mtime_ns)
+            self.store.move_image(conn, r.old.id, e.path, e.size, e.mtime_ns, r.photo)
         elif r.duplicates:
             self._write_duplicate(conn, r, removed, added)
 
@@ -345,12 +351,12 @@ class Writer:
             if r.old is not None:
                 self.store.delete_images(conn, [r.old.id])
                 removed.append(r.old.id)
-            self.store.move_image(conn, dup.id, e.path, e.size, e.mtime_ns)
+            self.store.move_image(conn, dup.id, e.path, e.size, e.mtime_ns, r.photo)
             self.report.renamed += 1
             return
         vector, width, height = self.store.embedding_of(conn, r.duplicates[0].id)
         self.report.copied += 1
-        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector, r.generated)
+        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector, r.generated, r.photo)
         added.append((self._upsert(conn, r, new, removed), vector))
 
     def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
@@ -380,7 +386,7 @@ def _lstat(path: str) -> tuple[int, int]:
 def _new_image(r: Read, vector: np.ndarray, width: int = 0, height: int = 0) -> NewImage:
     e = r.entry
     w, h = r.width or width, r.height or height
-    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, w, h, vector, r.generated)
+    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, w, h, vector, r.generated, r.photo)
 
 
 def run(

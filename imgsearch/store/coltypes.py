@@ -7,7 +7,8 @@ Each renders exactly as before on SQLite (no SQLite database changes); on Postgr
 - embeddings are pgvector `vector` values (the repository still sees little-endian float32 bytes);
 - file sizes and nanosecond mtimes are BIGINT (SQLite integers are 64-bit already);
 - paths compare bytewise (COLLATE "C"), which the prefix-range scans in repository.under rely on;
-- tag labels are citext (case-insensitive, as SQLite's NOCASE).
+- tag labels are citext (case-insensitive, as SQLite's NOCASE);
+- capture times compare bytewise (COLLATE "C") too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Connection, Integer, LargeBinary, Table, Text
+from sqlalchemy import BigInteger, Connection, Integer, LargeBinary, String, Table, Text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
@@ -37,6 +38,8 @@ class CIText(UserDefinedType[str]):
 BigInt = Integer().with_variant(BigInteger(), POSTGRES)
 PathText = Text().with_variant(Text(collation="C"), POSTGRES)
 Label = Text(collation="NOCASE").with_variant(CIText(), POSTGRES)
+# A capture time as 'YYYY-MM-DDTHH:MM:SS': compared and sorted bytewise, as a date is (not by a locale's rules).
+Stamp = String(19).with_variant(String(19, collation="C"), POSTGRES)
 
 
 class Vector(UserDefinedType[bytes]):

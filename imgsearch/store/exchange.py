@@ -31,9 +31,9 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from imgsearch.errors import ImgSearchError, InterruptedRun, ModelMismatchError, StoreError, UsageError
-from imgsearch.store.repository import NewImage, Store, chunks, first_line, under
+from imgsearch.store.repository import PHOTO_COLUMNS, NewImage, Store, chunks, first_line, photo_of, under
 from imgsearch.store.schema import images
-from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport, Progress, Skipped
+from imgsearch.types import EmbeddingExportReport, EmbeddingImportReport, PhotoMeta, Progress, Skipped
 
 FORMAT = "clip-retrieval"
 VERSION = 1
@@ -47,6 +47,8 @@ MAX_LISTED = 1_000  # missing files listed by name in a report; the rest are cou
 
 # Our columns after clip-retrieval's image_path: enough to bring a library back without losing anything.
 COLUMNS = ("image_path", "id", "width", "height", "content_hash", "size", "mtime_ns", "generated")
+# The photo fields (imgsearch.types.PhotoMeta) after them: taken is ISO 8601, with its UTC offset when known.
+PHOTO = ("taken", "taken_source", "camera", "lens", "place", "lat", "lon", "photo_notes", "photo_version")
 _NPY = re.compile(r"img_emb_(\d+)\.npy")
 _PARQUET = re.compile(r"metadata_(\d+)\.parquet")
 
@@ -164,7 +166,7 @@ class _Chunk:
 def _chunks(conn: Connection, root: str | None, dim: int) -> Iterator[_Chunk]:
     """Every image (under root) in id order, CHUNK rows at a time."""
     c = images.c
-    cols = (c.path, c.id, c.width, c.height, c.content_hash, c.size, c.mtime_ns, c.generated, c.vector)
+    cols = (c.path, c.id, c.width, c.height, c.content_hash, c.size, c.mtime_ns, c.generated, c.vector, *PHOTO_COLUMNS)
     after = 0
     while True:
         stmt = select(*cols).where(c.id > after).order_by(c.id).limit(CHUNK)
@@ -175,9 +177,58 @@ def _chunks(conn: Connection, root: str | None, dim: int) -> Iterator[_Chunk]:
             return
         columns = {name: [r[i] for r in rows] for i, name in enumerate(COLUMNS)}
         columns["generated"] = [bool(g) for g in columns["generated"]]
+        columns |= _photo_columns([photo_of(r[len(COLUMNS) + 1 :]) for r in rows])
         vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim)
         yield _Chunk(columns, vectors)
         after = int(rows[-1].id)
+
+
+def _photo_columns(photos: list[PhotoMeta]) -> dict[str, list[Any]]:
+    return {
+        "taken": [p.taken_iso for p in photos],
+        "taken_source": [p.source for p in photos],
+        "camera": [p.camera for p in photos],
+        "lens": [p.lens for p in photos],
+        "place": [p.place for p in photos],
+        "lat": [p.lat for p in photos],
+        "lon": [p.lon for p in photos],
+        "photo_notes": [p.notes or None for p in photos],
+        "photo_version": [p.version or None for p in photos],
+    }
+
+
+def _carried(columns: dict[str, list[Any]], i: int) -> PhotoMeta | None:
+    """The photo fields of row i as an export of ours wrote them; None when the source has none (clip-retrieval's
+    own output, an export from before them) or they were never read there: then `index` reads the header."""
+    version = columns.get("photo_version", [None] * (i + 1))[i]
+    if not isinstance(version, int):
+        return None
+    taken, offset = _split_iso(columns["taken"][i])
+    text = {k: v if isinstance(v := columns[k][i], str) else None for k in ("taken_source", "camera", "lens", "place")}
+    lat, lon = (float(v) if isinstance(v := columns[k][i], float | int) else None for k in ("lat", "lon"))
+    return PhotoMeta(
+        taken=taken,
+        offset=offset,
+        source=text["taken_source"],
+        camera=text["camera"],
+        lens=text["lens"],
+        lat=lat,
+        lon=lon,
+        place=text["place"],
+        notes=columns["photo_notes"][i] or "",
+        version=version,
+    )
+
+
+def _split_iso(value: Any) -> tuple[str | None, int | None]:
+    """'2019-07-14T16:20:05+09:00' -> ('2019-07-14T16:20:05', 540); anything else -> (None, None)."""
+    if not isinstance(value, str) or len(value) < 19:
+        return None, None
+    zone = value[19:]
+    if len(zone) == 6 and zone[0] in "+-" and zone[1:3].isdigit() and zone[4:6].isdigit():
+        minutes = int(zone[1:3]) * 60 + int(zone[4:6])
+        return value[:19], -minutes if zone[0] == "-" else minutes
+    return value[:19], None
 
 
 class _Rows:
@@ -215,6 +266,15 @@ def _write_shard(pq: Any, out: Path, name: str, rows: Iterator[_Chunk], n: int, 
             ("size", pa.int64()),
             ("mtime_ns", pa.int64()),
             ("generated", pa.bool_()),
+            ("taken", pa.string()),
+            ("taken_source", pa.string()),
+            ("camera", pa.string()),
+            ("lens", pa.string()),
+            ("place", pa.string()),
+            ("lat", pa.float64()),
+            ("lon", pa.float64()),
+            ("photo_notes", pa.string()),
+            ("photo_version", pa.int32()),
         ]
     )
     try:
@@ -441,6 +501,7 @@ class _Batch:
     sizes: list[tuple[int, int] | None]
     hashes: list[str | None]
     need_size: list[bool] = field(default_factory=list)
+    photos: list[PhotoMeta | None] = field(default_factory=list)
 
 
 def _read_shard(shard: Shard) -> Iterator[_Batch]:
@@ -460,7 +521,8 @@ def _metadata(parquet: Path) -> Iterator[dict[str, list[Any]]]:
     pq = _pyarrow("import")
     try:
         meta = pq.ParquetFile(str(parquet))
-        names = [c for c in ("image_path", "width", "height", "content_hash") if c in meta.schema_arrow.names]
+        wanted = ("image_path", "width", "height", "content_hash", *PHOTO)
+        names = [c for c in wanted if c in meta.schema_arrow.names]
         records = meta.iter_batches(batch_size=BATCH, columns=names)
         while (record := next(records, None)) is not None:
             yield record.to_pydict()
@@ -483,6 +545,7 @@ def _batch(columns: dict[str, list[Any]], raw: np.ndarray) -> _Batch:
         hashes=[h if isinstance(h, str) and h else None for h in hashes],
     )
     batch.need_size = [s is None for s in sizes]
+    batch.photos = [_carried(columns, i) for i in range(n)]
     return batch
 
 
@@ -498,7 +561,7 @@ def _write_batch(
 ) -> None:
     todo: list[NewImage] = []
     for i, f in enumerate(files):
-        vector, size, exported = batch.vectors[i], batch.sizes[i], batch.hashes[i]
+        vector, size, exported, photo = batch.vectors[i], batch.sizes[i], batch.hashes[i], batch.photos[i]
         if f.missing:
             report.missing += 1
             if len(report.missing_paths) < MAX_LISTED:
@@ -511,7 +574,9 @@ def _write_batch(
             report.changed += 1
         else:
             width, height = size or (f.width, f.height)
-            todo.append(NewImage(f.path, f.size, f.mtime_ns, f.content_hash, width, height, vector, f.generated))
+            photo = photo if exported is not None else None  # what was read of that very content, or nothing
+            new = NewImage(f.path, f.size, f.mtime_ns, f.content_hash, width, height, vector, f.generated, photo)
+            todo.append(new)
     if todo:
         _write(store, model_id, dim, todo, report)
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
     false,
 )
 
-from imgsearch.store.coltypes import BigInt, Embedding, Label, PathText
+from imgsearch.store.coltypes import BigInt, Embedding, Label, PathText, Stamp
 
 metadata = MetaData()
 
@@ -43,6 +43,22 @@ images = Table(
     Column("generated", Boolean, nullable=False, server_default=false()),
     # Queries look up the few generated images on every search; without it SQLite reads every row (and vector).
     Index("ix_images_generated", "generated"),
+    # What the photo's header says (imgsearch.types.PhotoMeta; revision 0005). taken: local wall-clock time.
+    Column("taken", Stamp, nullable=True),
+    Column("taken_offset", Integer, nullable=True),  # minutes east of UTC, when known
+    Column("taken_source", String(8), nullable=True),  # exif, xmp, filename or mtime
+    Column("camera", Text, nullable=True),
+    Column("lens", Text, nullable=True),
+    Column("lat", Float, nullable=True),
+    Column("lon", Float, nullable=True),
+    Column("place", Text, nullable=True),  # named from lat/lon; NULL with GPS: the geocoder was not installed
+    Column("photo_notes", Text, nullable=True),  # why fields were left empty
+    # The photometa.VERSION that read the header; NULL: not read yet (rows from before 0005, `import`, Ray).
+    Column("photo_version", Integer, nullable=True),
+    Index("ix_images_taken", "taken"),
+    Index("ix_images_camera", "camera"),
+    Index("ix_images_place", "place"),
+    Index("ix_images_photo_version", "photo_version"),
     sqlite_autoincrement=True,
 )
 

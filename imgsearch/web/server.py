@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as ApiPath
@@ -59,12 +59,33 @@ Offset = Annotated[int, Query(ge=0, le=100_000, description="skip this many resu
 Limit = Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="results per page (serve.page_size)")]
 ImageId = Annotated[int, ApiPath(ge=1, le=2**63 - 1, description="an indexed image's id")]
 Tags = Annotated[list[str], Query(alias="tag", max_length=20, description="only images with all these tags")]
+DATE_HELP = "a date: 2023, 2023-06 or 2023-06-14 (the bound includes the period it names)"
+After = Annotated[str | None, Query(max_length=40, description=f"taken in or after {DATE_HELP}")]
+Before = Annotated[str | None, Query(max_length=40, description=f"taken in or before {DATE_HELP}")]
+Camera = Annotated[str | None, Query(max_length=200, description="camera make or model contains this (any case)")]
+Place = Annotated[str | None, Query(max_length=200, description="place name (city, region, country) contains this")]
+Sort = Annotated[
+    Literal["relevance", "date", "-date"] | None,
+    Query(description="relevance (default), date (oldest first) or -date (newest first); without q: a listing"),
+]
 
 
 # What the API returns (these models are what /openapi.json describes).
 
 
-class HitOut(BaseModel):
+class PhotoOut(BaseModel):
+    """What the index knows of a photo's capture (null: unknown)."""
+
+    taken: str | None = Field(None, description="capture time, ISO 8601 with its UTC offset when known")
+    taken_source: str | None = Field(None, description="where taken came from: exif, xmp, filename or mtime")
+    camera: str | None = None
+    lens: str | None = None
+    place: str | None = Field(None, description="city, region, country (named offline from lat/lon)")
+    lat: float | None = None
+    lon: float | None = None
+
+
+class HitOut(PhotoOut):
     id: int
     path: str
     name: str
@@ -90,7 +111,7 @@ class TagOut(BaseModel):
     probability: float | None
 
 
-class ImageOut(BaseModel):
+class ImageOut(PhotoOut):
     id: int
     path: str
     name: str
@@ -103,6 +124,17 @@ class ImageOut(BaseModel):
     thumbnail: str
     original: str
     raw: str | None = Field(default=None, description="the RAW original beside this JPEG or HEIF (a RAW+JPEG pair)")
+    photo_notes: str = Field("", description="why photo fields were left empty (broken or absurd metadata)")
+
+
+class ValueOut(BaseModel):
+    value: str
+    images: int
+
+
+class FacetsOut(BaseModel):
+    cameras: list[ValueOut]
+    places: list[ValueOut]
 
 
 class TagCountOut(BaseModel):
@@ -277,10 +309,17 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         include_generated: bool = False,
         offset: Offset = 0,
         limit: Limit = None,
+        after: After = None,
+        before: Before = None,
+        camera: Camera = None,
+        place: Place = None,
+        sort: Sort = None,
     ) -> PageOut:
-        """Text search (tags narrow it); tags alone list tagged images; nothing at all: the library, newest first."""
+        """Text search (tags, dates, camera and place narrow it); without text, the images that pass the filters
+        (tags alone: by the first tag's probability; else by capture time); nothing at all: the library, newest
+        indexed first."""
         n = limit or page_size
-        if not q.strip() and not tags:
+        if not q.strip() and not tags and not any((after, before, camera, place, sort)):
             return page(lambda k: lib.newest(k=k, path_prefix=path_prefix), offset, n, scored=False)
 
         def fetch(k: int) -> list[Hit]:
@@ -292,9 +331,14 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
                     tags=tags,
                     include_generated=include_generated,
                     files_in_text=False,
+                    after=after,
+                    before=before,
+                    camera=camera,
+                    place=place,
+                    sort=sort,
                 )
 
-        return page(fetch, offset, n)
+        return page(fetch, offset, n, scored=bool(q.strip() or (tags and sort in (None, "relevance"))))
 
     @api.post("/api/search/image", response_model=PageOut, responses=ERRORS, summary="Search by example image")
     def search_image(
@@ -302,12 +346,19 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
         limit: Annotated[int | None, Form(ge=1, le=MAX_PAGE)] = None,
         tag: Annotated[list[str], Form()] = [],  # noqa: B006
+        after: Annotated[str | None, Form(max_length=40, description=f"taken in or after {DATE_HELP}")] = None,
+        before: Annotated[str | None, Form(max_length=40, description=f"taken in or before {DATE_HELP}")] = None,
+        camera: Annotated[str | None, Form(max_length=200)] = None,
+        place: Annotated[str | None, Form(max_length=200)] = None,
+        sort: Annotated[Literal["relevance", "date", "-date"] | None, Form()] = None,
     ) -> PageOut:
         with _upload(file) as path:
 
             def fetch(k: int) -> list[Hit]:
                 with model_lock:
-                    return lib.query(images=[path], k=k, tags=tag)
+                    return lib.query(
+                        images=[path], k=k, tags=tag, after=after, before=before, camera=camera, place=place, sort=sort
+                    )
 
             return page(fetch, offset, limit or page_size)
 
@@ -351,6 +402,13 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
     def set_tag(image_id: ImageId, change: TagChange) -> ImageOut:
         lib.set_tag(change.label, [lib.image_info(image_id).path], change.present)
         return _image(lib, image_id)
+
+    @api.get("/api/facets", response_model=FacetsOut, summary="Cameras and places, most photographed first")
+    def facets() -> FacetsOut:
+        def values(field: str) -> list[ValueOut]:
+            return [ValueOut(value=v, images=n) for v, n in lib.values(field)]
+
+        return FacetsOut(cameras=values("camera"), places=values("place"))
 
     @api.get("/api/tags", response_model=list[TagCountOut], summary="Tags in use, most used first")
     def tags() -> list[TagCountOut]:
@@ -401,6 +459,13 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
 
 def _hit(hit: Hit, scored: bool) -> HitOut:
     return HitOut(
+        taken=hit.taken,
+        taken_source=hit.taken_source,
+        camera=hit.camera,
+        lens=hit.lens,
+        place=hit.place,
+        lat=hit.lat,
+        lon=hit.lon,
         id=hit.id,
         path=hit.path,
         name=Path(hit.path).name,
@@ -413,7 +478,16 @@ def _hit(hit: Hit, scored: bool) -> HitOut:
 
 def _image(lib: Library, image_id: ImageId) -> ImageOut:
     info = lib.image(image_id)
+    p = info.photo
     return ImageOut(
+        taken=p.taken_iso,
+        taken_source=p.source,
+        camera=p.camera,
+        lens=p.lens,
+        place=p.place,
+        lat=p.lat,
+        lon=p.lon,
+        photo_notes=p.notes,
         id=info.id,
         path=info.path,
         name=Path(info.path).name,

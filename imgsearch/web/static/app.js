@@ -1,4 +1,4 @@
-// The imgsearch page: search, browse, tags, lightbox and generate-if-missing over the JSON API.
+// The imgsearch page: search, browse, tags, dates, places, cameras, lightbox and generate-if-missing over the JSON API.
 // Plain ES module, no build step. Every piece of data reaches the DOM through textContent or an
 // attribute, never innerHTML.
 
@@ -24,12 +24,18 @@ const ui = {
   genCaption: $("generate-caption"), genError: $("generate-error"),
   lb: $("lightbox"), lbImage: $("lightbox-image"), lbName: $("lightbox-name"), lbPath: $("lightbox-path"),
   lbMeta: $("lightbox-meta"), lbTags: $("lightbox-tags"), lbOpen: $("lightbox-open"), lbError: $("lightbox-error"),
-  tagForm: $("tag-form"), tagInput: $("tag-input"),
+  tagForm: $("tag-form"), tagInput: $("tag-input"), lbPhoto: $("lightbox-photo"),
+  dateForm: $("date-range"), dateAfter: $("date-after"), dateBefore: $("date-before"), sortToggle: $("sort-toggle"),
+  places: $("places"), placeList: $("place-list"), cameras: $("cameras"), cameraList: $("camera-list"),
 };
+const PHOTO_FILTERS = ["after", "before", "camera", "place", "sort"]; // the API's names, and the URL's
+const SORTS = ["", "-date", "date"]; // relevance, newest taken first, oldest taken first: the toggle's cycle
+const SORT_LABELS = { "": "Sort by date", "-date": "Newest first", date: "Oldest first" };
 
-// mode: "browse" (the library, or tags alone), "text", "image" (by example) or "similar" (more like this)
+// mode: "browse" (the library, or filters alone), "text", "image" (by example) or "similar" (more like this)
 const state = {
   mode: "browse", q: "", tags: [], file: null, fileUrl: null, like: null,
+  after: "", before: "", camera: "", place: "", sort: "", facets: { cameras: [], places: [] },
   hits: [], seen: new Set(), offset: 0, more: false, loading: false, gen: 0, abort: null,
   allTags: [], status: null, current: -1, job: null,
 };
@@ -81,6 +87,15 @@ function showError(node, message) {
 }
 
 const fmtScore = (s) => (typeof s === "number" ? s.toFixed(3) : "");
+const hasPhotoFilters = () => PHOTO_FILTERS.some((key) => state[key]);
+const hasFilters = () => state.tags.length > 0 || hasPhotoFilters();
+
+// A capture time as the camera's clock showed it (the API's local time, never converted to this browser's zone).
+function fmtTaken(iso) {
+  if (typeof iso !== "string" || iso.length < 16) return "";
+  const zone = iso.slice(19);
+  return `${iso.slice(0, 10)} ${iso.slice(11, 16)}${zone ? ` (UTC${zone})` : ""}`;
+}
 const plural = (n, word) => `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
 
 function fmtBytes(n) {
@@ -139,12 +154,58 @@ function toggleTag(label) {
   runSearch();
 }
 
+// ---- dates, places, cameras, sorting --------------------------------------------------------
+
+async function loadFacets() {
+  try {
+    state.facets = await api("/api/facets");
+  } catch {
+    state.facets = { cameras: [], places: [] }; // the facets are a help; the page works without them
+  }
+  renderFacets();
+}
+
+function renderFacets() {
+  for (const [kind, list, box] of [["place", ui.placeList, ui.places], ["camera", ui.cameraList, ui.cameras]]) {
+    const values = state.facets[`${kind}s`] ?? [];
+    list.replaceChildren(...values.map((v) => {
+      const active = state[kind] === v.value;
+      return el("li", {}, el("button", {
+        type: "button", class: `tag-chip${active ? " active" : ""}`, "data-testid": `${kind}-chip`,
+        "data-value": v.value, "aria-pressed": String(active), title: plural(v.images, "image"),
+        onclick: () => setFilter(kind, active ? "" : v.value),
+      }, el("span", { class: "tag-label", text: v.value }), el("span", { class: "count", text: String(v.images) })));
+    }));
+    box.hidden = values.length === 0;
+  }
+}
+
+function setFilter(key, value) {
+  state[key] = value;
+  if (state.mode === "similar") state.mode = state.q ? "text" : "browse";
+  ui.dateAfter.value = state.after;
+  ui.dateBefore.value = state.before;
+  renderFacets();
+  renderSort();
+  runSearch();
+}
+
+function renderSort() {
+  ui.sortToggle.textContent = SORT_LABELS[state.sort] ?? SORT_LABELS[""];
+  ui.sortToggle.setAttribute("aria-pressed", String(Boolean(state.sort)));
+}
+
+function nextSort() {
+  setFilter("sort", SORTS[(SORTS.indexOf(state.sort) + 1) % SORTS.length]);
+}
+
 // ---- searching and paging ------------------------------------------------------------------
 
 function syncUrl() {
   const url = new URLSearchParams();
   if (state.mode === "text" && state.q) url.set("q", state.q);
   for (const t of state.tags) url.append("tag", t);
+  for (const key of PHOTO_FILTERS) if (state[key]) url.set(key, state[key]);
   if (PAGE_SIZE) url.set("limit", String(PAGE_SIZE));
   const query = url.toString();
   history.replaceState(null, "", query ? `?${query}` : location.pathname);
@@ -162,10 +223,12 @@ function fetchPage(offset, signal) {
     form.append("file", state.file);
     for (const [key, value] of Object.entries(paging)) form.append(key, value);
     for (const t of state.tags) form.append("tag", t);
+    for (const key of PHOTO_FILTERS) if (state[key]) form.append(key, state[key]);
     return api("/api/search/image", { method: "POST", form, signal });
   }
   const query = new URLSearchParams({ q: state.mode === "text" ? state.q : "", ...paging });
   for (const t of state.tags) query.append("tag", t);
+  for (const key of PHOTO_FILTERS) if (state[key]) query.set(key, state[key]);
   return api(`/api/search?${query}`, { signal });
 }
 
@@ -176,7 +239,7 @@ function renderContext() {
   else if (state.mode === "image") {
     parts.push(el("img", { class: "example", src: state.fileUrl, alt: "" }));
     parts.push(el("span", { text: `Like ${state.file.name || "the dropped image"}` }));
-  } else parts.push(el("span", { text: state.tags.length ? "Tagged images" : "Library · newest first" }));
+  } else parts.push(el("span", { text: browseTitle() }));
   if (state.mode === "similar" || state.mode === "image") {
     parts.push(el("button", {
       type: "button", class: "link", "data-testid": "back-to-library", text: "Back to library",
@@ -184,10 +247,26 @@ function renderContext() {
     }));
   }
   ui.context.replaceChildren(...parts);
-  ui.filters.replaceChildren(...state.tags.map((label) => el("button", {
-    type: "button", class: "filter-chip", "data-testid": "active-filter", "data-label": label,
-    "aria-label": `Remove filter ${label}`, onclick: () => toggleTag(label),
-  }, el("span", { text: label }), el("span", { class: "x", "aria-hidden": "true", text: "×" }))));
+  const chip = (label, testid, onclick) => el("button", {
+    type: "button", class: "filter-chip", "data-testid": testid, "data-label": label,
+    "aria-label": `Remove filter ${label}`, onclick,
+  }, el("span", { text: label }), el("span", { class: "x", "aria-hidden": "true", text: "×" }));
+  const chips = state.tags.map((label) => chip(label, "active-filter", () => toggleTag(label)));
+  if (state.after || state.before) {
+    const range = `${state.after || "…"} – ${state.before || "…"}`;
+    chips.push(chip(range, "date-filter", () => { state.after = ""; setFilter("before", ""); }));
+  }
+  for (const key of ["place", "camera"]) {
+    if (state[key]) chips.push(chip(state[key], `${key}-filter`, () => setFilter(key, "")));
+  }
+  ui.filters.replaceChildren(...chips);
+}
+
+function browseTitle() {
+  const order = state.sort === "date" ? "oldest taken first" : "newest taken first";
+  if (state.tags.length && !state.sort) return "Tagged images";
+  if (hasPhotoFilters() || state.tags.length) return `Photos · ${order}`;
+  return "Library · newest first";
 }
 
 async function runSearch() {
@@ -225,7 +304,7 @@ async function loadPage() {
   state.loading = false;
   renderPaging();
   if (state.hits.length === 0 && ui.error.hidden) {
-    ui.empty.textContent = state.mode === "browse" && !state.tags.length
+    ui.empty.textContent = state.mode === "browse" && !hasFilters()
       ? "Your library is empty. Run `imgsearch index FOLDER` to add pictures."
       : "No images found.";
     ui.empty.hidden = false;
@@ -254,9 +333,10 @@ function appendHits(hits) {
 
 function cell(hit, index) {
   const score = fmtScore(hit.score);
+  const taken = fmtTaken(hit.taken);
   return el("a", {
     class: "cell", href: hit.original, role: "listitem", "data-testid": "result", "data-id": String(hit.id),
-    "data-path": hit.path, title: hit.path,
+    "data-path": hit.path, "data-taken": hit.taken ?? "", title: taken ? `${hit.path}\n${taken}` : hit.path,
     onclick: (event) => {
       if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return; // new tab: let it be
       event.preventDefault();
@@ -280,6 +360,7 @@ function openLightbox(index) {
   ui.lbPath.textContent = hit.raw || hit.path; // a RAW+JPEG pair: the RAW is the original
   ui.lbOpen.href = hit.original;
   ui.lbMeta.textContent = fmtScore(hit.score) ? `score ${fmtScore(hit.score)}` : "";
+  renderPhoto(hit);
   ui.lbTags.replaceChildren();
   showError(ui.lbError, "");
   if (!ui.lb.open) ui.lb.showModal();
@@ -298,6 +379,7 @@ function renderDetail(image) {
   const hit = state.hits[state.current];
   if (!hit || hit.id !== image.id) return; // the user moved on
   ui.lbPath.textContent = image.raw || image.path;
+  renderPhoto(image);
   const meta = [];
   if (image.raw) meta.push(`RAW original, shown through ${image.name}`);
   if (image.width && image.height) meta.push(`${image.width} × ${image.height}`);
@@ -318,6 +400,21 @@ function renderDetail(image) {
   }) : "")));
   ui.tagForm.hidden = !OWNER;
   if (!image.tags.length) ui.lbTags.append(el("li", { class: "muted small", text: "No tags" }));
+}
+
+// Date, camera, lens and place of the photo in the lightbox (what the hit or the image record carries).
+function renderPhoto(photo) {
+  const source = { exif: "camera", xmp: "XMP", filename: "file name", mtime: "file time" }[photo.taken_source];
+  const where = photo.place ?? (typeof photo.lat === "number" ? `${photo.lat.toFixed(4)}, ${photo.lon.toFixed(4)}` : "");
+  const rows = [
+    ["Taken", fmtTaken(photo.taken) + (source ? ` · from the ${source}` : ""), "lightbox-taken"],
+    ["Camera", photo.camera, "lightbox-camera"],
+    ["Lens", photo.lens, "lightbox-lens"],
+    ["Place", where, "lightbox-place"],
+  ].filter(([, value]) => value);
+  ui.lbPhoto.replaceChildren(...rows.flatMap(([name, value, testid]) => [
+    el("dt", { text: name }), el("dd", { "data-testid": testid, text: value }),
+  ]));
 }
 
 async function setTag(id, label, present) {
@@ -344,7 +441,11 @@ function moreLikeThis() {
   ui.lb.close();
   ui.input.value = "";
   Object.assign(state, { mode: "similar", like: { id: hit.id, name: hit.name }, q: "", tags: [] });
+  for (const key of PHOTO_FILTERS) state[key] = ""; // "more like this" searches the whole library
+  ui.dateAfter.value = ui.dateBefore.value = "";
   renderTags();
+  renderFacets();
+  renderSort();
   runSearch();
   window.scrollTo({ top: 0 });
 }
@@ -502,6 +603,12 @@ function setUpEvents() {
     ui.file.value = ""; // picking the same file again still fires change
   });
   ui.tagFilter.addEventListener("input", renderTags);
+  ui.dateForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.after = ui.dateAfter.value.trim();
+    setFilter("before", ui.dateBefore.value.trim());
+  });
+  ui.sortToggle.addEventListener("click", nextSort);
   ui.loadMore.addEventListener("click", () => loadPage());
   ui.genButton.addEventListener("click", generate);
   ui.genImage.addEventListener("click", () => {
@@ -554,9 +661,14 @@ function start() {
   setUpScroll();
   state.q = (params.get("q") ?? "").trim();
   state.tags = params.getAll("tag").filter(Boolean);
+  for (const key of PHOTO_FILTERS) state[key] = (params.get(key) ?? "").trim();
+  if (!SORTS.includes(state.sort)) state.sort = "";
   state.mode = state.q ? "text" : "browse";
   ui.input.value = state.q;
-  loadStatus().then(() => loadTags());
+  ui.dateAfter.value = state.after;
+  ui.dateBefore.value = state.before;
+  renderSort();
+  loadStatus().then(() => loadTags()).then(() => loadFacets());
   runSearch();
 }
 

@@ -1,0 +1,90 @@
+"""Photo fields for images indexed without them: headers only, no model, no decode.
+
+Rows written before revision 0005, by `import` or by a Ray cluster have no photo fields (photo_version NULL), and
+rows read by an older imgsearch.photometa have an older version. `index` reads their headers after each run, in
+id order, a batch a transaction, on a few threads (about a millisecond a JPEG, from its first tens of kilobytes).
+A file that is gone or changed since it was indexed is left for `index` to handle; nothing is ever embedded here.
+Positions with no place name (the `places` extra was missing when they were read) are named once it is there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import os
+import stat
+import threading
+from collections.abc import Callable, Sequence
+
+from imgsearch import photometa, places
+from imgsearch.store.repository import Store, StoredImage
+from imgsearch.types import PhotoMeta, Progress
+
+BATCH = 512
+WORKERS = 4  # header reads wait on the disk more than on the CPU
+
+OnProgress = Callable[[Progress], None]
+
+
+@dataclasses.dataclass
+class Filled:
+    """What a backfill did: headers read, and positions named."""
+
+    read: int = 0
+    named: int = 0
+
+
+def run(store: Store, on_progress: OnProgress, stop: threading.Event | None = None) -> Filled:
+    """Read the headers of every image whose photo fields are missing or stale, then name the positions that have
+    no place; progress as the phase "photos". Stops between batches when `stop` is set."""
+    filled = Filled()
+    total = store.count_unread_photos(photometa.VERSION)
+    if total:
+        filled.read = _read_all(store, total, on_progress, stop)
+    if places.available() and not (stop is not None and stop.is_set()):
+        filled.named = _name_all(store)
+    return filled
+
+
+def _read_all(store: Store, total: int, on_progress: OnProgress, stop: threading.Event | None) -> int:
+    done = written = after = 0
+    on_progress(Progress("photos", 0, total))
+    with cf.ThreadPoolExecutor(WORKERS, "imgsearch-photos") as pool:
+        while rows := store.unread_photos(after, BATCH, photometa.VERSION):
+            found = [f for f in pool.map(_header, rows) if f is not None]
+            store.set_photos(named(found))
+            after, done, written = rows[-1].id, done + len(rows), written + len(found)
+            on_progress(Progress("photos", min(done, total), total))
+            if stop is not None and stop.is_set():
+                break
+    return written
+
+
+def _header(row: StoredImage) -> tuple[StoredImage, PhotoMeta] | None:
+    """The row's photo fields from its file's header; None when the file is gone or not what was indexed."""
+    try:
+        st = os.stat(row.path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+        return None  # index handles what changed (a FIFO in its place is never opened)
+    return row, photometa.read(row.path, row.path, row.mtime_ns)
+
+
+def named(found: Sequence[tuple[StoredImage, PhotoMeta]]) -> list[tuple[StoredImage, PhotoMeta]]:
+    """The same, with a place name for each that has a position (one geocoder call for the batch)."""
+    located = [i for i, (_, meta) in enumerate(found) if meta.lat is not None and meta.lon is not None]
+    labels = places.names([(found[i][1].lat or 0.0, found[i][1].lon or 0.0) for i in located])
+    out = list(found)
+    for i, label in zip(located, labels, strict=True):
+        out[i] = (found[i][0], dataclasses.replace(found[i][1], place=label))
+    return out
+
+
+def _name_all(store: Store) -> int:
+    count = after = 0
+    while rows := store.unnamed_places(after, BATCH):
+        labels = places.names([(lat, lon) for _, lat, lon in rows])
+        store.set_places([(i, label) for (i, _, _), label in zip(rows, labels, strict=True) if label])
+        after, count = rows[-1][0], count + len(rows)
+    return count
