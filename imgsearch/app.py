@@ -25,6 +25,8 @@ from imgsearch.errors import BusyError, IndexEmptyError, NotFoundError, UsageErr
 from imgsearch.store.lock import WriterLock
 from imgsearch.types import (
     NO_FILTER,
+    Copy,
+    CopyGroup,
     ExportReport,
     GenerationResult,
     Hit,
@@ -229,6 +231,7 @@ class Library:
         finally:
             self.cache.forget()
         report.photos_read, report.places_named = self._backfill(on_progress, stop)
+        report.hashed = self._group_copies(report, on_progress, stop)
         if self.settings.tagging.auto:
             report.tagged = self._tag(None, None, on_progress, stop)
         return report
@@ -249,6 +252,17 @@ class Library:
 
         filled = backfill.run(self.store, on_progress, stop)
         return filled.read, filled.named
+
+    def _group_copies(self, report: IndexReport, on_progress: OnProgress, stop: threading.Event | None) -> int:
+        """Hash the pixels of images indexed without a hash (no model call), then decide the groups of copies again
+        if anything changed. Returns how many images were hashed."""
+        from imgsearch.indexer import backfill, copies
+
+        ix = self.settings.index
+        hashed = backfill.hashes(self.store, ix.max_pixels, ix.workers or os.cpu_count() or 2, on_progress, stop)
+        changed = report.embedded + report.renamed + report.copied + report.removed + hashed
+        copies.regroup(self.store, force=changed > 0)
+        return hashed
 
     def _ray_reader(self) -> MakeReader | None:
         """The reader stage on the Ray cluster at `index.ray`, if set (only then is Ray imported)."""
@@ -313,6 +327,7 @@ class Library:
         camera: str | None = None,
         place: str | None = None,
         sort: str | None = None,
+        all_copies: bool = False,
     ) -> list[Hit]:
         """Images best matching a query: text and/or image terms (see imgsearch.search.query).
 
@@ -324,13 +339,14 @@ class Library:
         sort says "date"). Images made by `generate` are left out unless include_generated. With
         files_in_text=False, no term of `text` is taken for an image file (text that came from the network). With
         ask_server, a text query goes to a running `imgsearch serve` of the same settings, whose model is loaded
-        already (see imgsearch.remote); without one, it is answered here.
+        already (see imgsearch.remote); without one, it is answered here. Copies of one picture (imgsearch.dupes)
+        are one hit, its best copy found, counting the others (Hit.copies), unless all_copies.
         """
         from imgsearch.search.dates import photo_filter, sort_order
 
         photo, order = photo_filter(after, before, camera, place), sort_order(sort)
         if not text.strip() and not images and (tags or photo or order):
-            return self._listing(k, 0, path_prefix, tags, photo, order)
+            return self._listing(k, 0, path_prefix, tags, photo, order, all_copies)
         terms = self.parse_query(text, images, files_in_text)
         # the file a running server announces itself in: without it, imgsearch.remote (and http.client) is not imported
         served_here = self.settings.serve.query_via_server and self.settings.server_file.exists()
@@ -339,7 +355,9 @@ class Library:
 
             path = str(path_prefix) if path_prefix is not None else None
             flags = {"after": after, "before": before, "camera": camera, "place": place, "sort": sort}
-            given = {key: value for key, value in flags.items() if value is not None}
+            given: dict[str, str] = {key: value for key, value in flags.items() if value is not None}
+            if all_copies:
+                given["copies"] = "all"
             served = remote.query(
                 self.settings, text, k=k, path_prefix=path, tags=tags, include_generated=include_generated, **given
             )
@@ -355,6 +373,7 @@ class Library:
             include_generated=include_generated,
             photo=photo,
             sort=order,
+            all_copies=all_copies,
         )
 
     def parse_query(
@@ -387,12 +406,34 @@ class Library:
         include_generated: bool = False,
         photo: PhotoFilter = NO_FILTER,
         sort: str | None = None,
+        all_copies: bool = False,
     ) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first (among those under path_prefix, with all tags,
-        passing the photo filter; sort "date"/"-date": those in order of capture)."""
-        return self._with_raws(
-            self.engine.by_vector(vector, k, _root(path_prefix), tags, include_generated, photo, sort)
-        )
+        passing the photo filter; sort "date"/"-date": those in order of capture), copies collapsed unless
+        all_copies."""
+        from imgsearch.search import collapse
+        from imgsearch.search.engine import by_date
+
+        def find(n: int) -> list[Hit]:
+            return self.engine.by_vector(vector, n, _root(path_prefix), tags, include_generated, photo)
+
+        k = k or self.settings.search.top_k
+        found = find(k) if all_copies else collapse.search(find, k, self._collapsed)
+        return self._with_raws(by_date(found, sort))
+
+    def _collapsed(self, hits: list[Hit]) -> list[Hit]:
+        """One hit per picture (imgsearch.search.collapse)."""
+        from imgsearch.search.collapse import collapse
+
+        copies = self.store.copies
+        groups = copies.groups_of(h.id for h in hits)
+        if not groups:
+            return hits
+        return collapse(hits, groups, copies.sizes(g for g, _ in groups.values()))
+
+    def _shown(self, hits: list[Hit], all_copies: bool) -> list[Hit]:
+        """A listing's hits as shown: copies collapsed (within the page) unless all_copies, RAW originals."""
+        return self._with_raws(hits if all_copies else self._collapsed(hits))
 
     @property
     def engine(self) -> SearchEngine:
@@ -417,14 +458,37 @@ class Library:
         path_prefix: str | Path | None = None,
         tags: Sequence[str] = (),
         photo: PhotoFilter = NO_FILTER,
+        all_copies: bool = False,
     ) -> list[Hit]:
-        """Images most like an indexed one ("more like this"), best first, leaving the image itself out."""
-        self.image_info(image_id)
-        return self._with_raws(self.engine.similar(image_id, k, _root(path_prefix), tags, photo))
+        """Images most like an indexed one ("more like this"), best first, leaving the image itself out (and, unless
+        all_copies, its copies: the lightbox lists them)."""
+        from imgsearch.search import collapse
 
-    def newest(self, *, k: int | None = None, offset: int = 0, path_prefix: str | Path | None = None) -> list[Hit]:
+        self.image_info(image_id)
+        k = k or self.settings.search.top_k
+        if all_copies:
+            return self._with_raws(self.engine.similar(image_id, k, _root(path_prefix), tags, photo))
+        group = self.store.copies.groups_of([image_id]).get(image_id, (None, 0))[0]
+
+        def find(n: int) -> list[Hit]:
+            return self.engine.similar(image_id, n, _root(path_prefix), tags, photo)
+
+        def others(hits: list[Hit]) -> list[Hit]:
+            mine = {i for i, (g, _) in self.store.copies.groups_of(h.id for h in hits).items() if g == group}
+            return self._collapsed([h for h in hits if h.id not in mine])
+
+        return self._with_raws(collapse.search(find, k, others))
+
+    def newest(
+        self,
+        *,
+        k: int | None = None,
+        offset: int = 0,
+        path_prefix: str | Path | None = None,
+        all_copies: bool = False,
+    ) -> list[Hit]:
         """The library itself, most recently indexed first (score 0): what to show before any query."""
-        return self._with_raws(self.engine.newest(k, offset, _root(path_prefix)))
+        return self._shown(self.engine.newest(k, offset, _root(path_prefix)), all_copies)
 
     def _listing(
         self,
@@ -434,11 +498,12 @@ class Library:
         tags: Sequence[str],
         photo: PhotoFilter,
         sort: str | None,
+        all_copies: bool = False,
     ) -> list[Hit]:
         """Images that pass the filters, without a query (see query)."""
         if tags and sort is None:
-            return self.engine.tagged(tags, k, _root(path_prefix), photo)
-        return self.engine.listing(k, offset, _root(path_prefix), tags, photo, sort or "-date")
+            return self._shown(self.engine.tagged(tags, k, _root(path_prefix), photo), all_copies)
+        return self._shown(self.engine.listing(k, offset, _root(path_prefix), tags, photo, sort or "-date"), all_copies)
 
     def values(self, field: str) -> list[tuple[str, int]]:
         """The cameras ("camera") or places ("place") of the library, with how many images have each."""
@@ -450,7 +515,61 @@ class Library:
         """An indexed image with its tags (hand tags first). Raises NotFoundError for an unknown id."""
         info = self.image_info(image_id)
         tags = tuple(ImageTag(*row) for row in self.store.tags.of_path(info.path))
-        return dataclasses.replace(info, tags=tags, raw=self._with_raws([Hit(info.id, info.path, 0.0)])[0].raw)
+        raw = self._with_raws([Hit(info.id, info.path, 0.0)])[0].raw
+        return dataclasses.replace(info, tags=tags, raw=raw, copies=self._copies_of(info.id))
+
+    def _copies_of(self, image_id: int) -> tuple[Copy, ...]:
+        """The other files of an image's group of copies, best copy first."""
+        copies = self.store.copies
+        group = copies.groups_of([image_id]).get(image_id)
+        if group is None:
+            return ()
+        members = copies.members([group[0]]).get(group[0], [])
+        return tuple(c for c in self._described([m.id for m in members]).copies if c.id != image_id)
+
+    def dupes(self, paths: Sequence[str | Path] = (), *, similar: bool = False) -> list[CopyGroup]:
+        """Groups of copies (imgsearch.dupes) with a file under one of paths (default: all), best copy first,
+        largest groups first. similar: also groups of near-identical shots by CLIP distance (imgsearch.search.
+        similar), among pictures that are in no group."""
+        copies = self.store.copies
+        roots = [_root(p) for p in paths] or [None]
+        seen: dict[int, list[int]] = {}
+        for root in roots:
+            for members in copies.all_groups(root):
+                seen.setdefault(members[0].id, [m.id for m in members])
+        groups = [self._described(ids) for ids in seen.values()]
+        if similar:
+            groups += self._similar_groups(roots, {i for ids in seen.values() for i in ids})
+        return groups
+
+    def _similar_groups(self, roots: Sequence[str | None], grouped: set[int]) -> list[CopyGroup]:
+        """Groups of near-identical shots among the images under roots that are in no group of copies."""
+        from imgsearch.search import similar
+
+        ids, vectors = self.store.all_vectors()
+        paths = self.store.paths_of(ids.tolist())
+        keep = [
+            i
+            for i, image_id in enumerate(ids.tolist())
+            if image_id not in grouped and image_id in paths and any(_under(paths[image_id], r) for r in roots)
+        ]
+        return [self._described([int(ids[keep[i]]) for i in star], "similar") for star in similar.groups(vectors[keep])]
+
+    def _described(self, ids: Sequence[int], level: str | None = None) -> CopyGroup:
+        """A group as shown: its files best copy first, each with why it is not the best (level: exact or copy,
+        from the files, unless given)."""
+        from imgsearch.indexer import copies
+
+        found = copies.ranked(self.store.copies.candidates(ids))
+        why = copies.reasons(found)
+        listed = tuple(Copy(c.id, c.path, c.width, c.height, c.size, why[c.id]) for c in found)
+        return CopyGroup(level or copies.level(found), listed)
+
+    def tag_duplicates(self, groups: Sequence[CopyGroup], tag: str) -> int:
+        """Tag every copy but the best of each group by hand (it goes out with `tag export --xmp`). Returns how
+        many files were tagged. imgsearch never deletes or moves an image file: the tag is for the user's tools."""
+        paths = [c.path for g in groups for c in g.copies[1:]]
+        return self.set_tag(tag, paths) if paths else 0
 
     def thumbnail(self, image_id: int, side: int | None = None) -> Path:
         """The cached JPEG rendition of an indexed image, made on first request: longest side `side`
@@ -497,9 +616,16 @@ class Library:
 
         return thumbs.prune(self.settings.thumbnail_dir, self.store.content_hashes())
 
-    def tagged(self, tags: Sequence[str], *, k: int | None = None, path_prefix: str | Path | None = None) -> list[Hit]:
+    def tagged(
+        self,
+        tags: Sequence[str],
+        *,
+        k: int | None = None,
+        path_prefix: str | Path | None = None,
+        all_copies: bool = False,
+    ) -> list[Hit]:
         """Images carrying every one of tags, ranked by the first: hand tags (score 1.0), then by probability."""
-        return self._with_raws(self.engine.tagged(tags, k, _root(path_prefix)))
+        return self._shown(self.engine.tagged(tags, k, _root(path_prefix)), all_copies)
 
     # generation
 
@@ -832,6 +958,7 @@ class Library:
             cpu=cpu_info().describe(),
             generation_available=torch_installed(),
             photos=store.photo_counts(),
+            **dict(zip(("copy_groups", "copied_files"), store.copies.counts(), strict=True)),
         )
 
     def skipped(self) -> list[Skipped]:
@@ -908,6 +1035,10 @@ def _unique(labels: Sequence[Label]) -> list[Label]:
 
 def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+def _under(path: str, root: str | None) -> bool:
+    return root is None or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _root(path_prefix: str | Path | None) -> str | None:

@@ -169,6 +169,7 @@ def watch(ctx: click.Context, paths: tuple[str, ...], quiet: bool, log_file: str
     help="relevance (default), date (oldest taken first) or -date (newest first; write --sort=-date).",
 )
 @click.option("--include-generated", is_flag=True, help="Also return images made by `imgsearch generate`.")
+@click.option("--all-copies", is_flag=True, help="Every file, not one per picture (see `imgsearch dupes`).")
 @click.option(
     "--generate-if-missing", is_flag=True, help="When nothing matches the text, generate an image (VQGAN+CLIP)."
 )
@@ -190,6 +191,7 @@ def query(
     place: str | None,
     sort: str | None,
     include_generated: bool,
+    all_copies: bool,
     generate_if_missing: bool,
     as_json: bool,
     html_file: str | None,
@@ -224,6 +226,7 @@ def query(
                 camera=camera,
                 place=place,
                 sort=sort,
+                all_copies=all_copies,
             )
         except IndexEmptyError:
             if not generate_if_missing:
@@ -268,6 +271,42 @@ def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[A
         click.echo(render.hits(hits))
     else:
         click.echo(render.generation(result))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(resolve_path=True))
+@click.option("--similar", is_flag=True, help="Also near-identical shots (bursts) by CLIP distance: a looser level.")
+@click.option("--tag", metavar="NAME", help="Tag every copy but the best of each group NAME (by hand).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the groups as a page.")
+@click.pass_context
+def dupes(
+    ctx: click.Context, paths: tuple[str, ...], similar: bool, tag: str | None, as_json: bool, html_file: str | None
+) -> None:
+    """Groups of duplicates with a file under PATHS (default: the whole index), the best copy first.
+
+    \b
+    exact: the same bytes at different paths
+    copy: the same picture resized, re-encoded, converted, turned or slightly cropped (a hash of its pixels)
+    similar: near-identical shots, with --similar (CLIP's distance, in the model's own scale)
+    The best copy has the most pixels, then is the most original file (RAW, then a camera's JPEG or HEIC), then
+    the oldest. imgsearch never deletes or moves a file: --tag marks the others for your own tools
+    (`imgsearch tag export --xmp` writes the tag to their sidecars).
+    """
+    with _library(ctx) as lib:
+        groups = lib.dupes(paths, similar=similar)
+        tagged = lib.tag_duplicates(groups, tag) if tag else None
+        if html_file:
+            from imgsearch.web import report
+
+            count = report.write_groups(html_file, groups, lib.thumbnail)
+            click.echo(f"wrote {count} group{'' if count == 1 else 's'} to {render.shown(html_file)}", err=True)
+    if as_json:
+        click.echo(render.to_json({"groups": groups, "tagged": tagged}))
+        return
+    click.echo(render.copy_groups(groups) if groups else "no duplicates", err=not groups)
+    if tag:
+        click.echo(f"tagged {tagged} copies {render.shown(tag)}", err=True)
 
 
 @cli.command()

@@ -111,7 +111,7 @@ def query(
 
 def _hit(h: dict) -> Hit:
     fields = {name: h.get(name) for name in ("raw", "taken", "taken_source", "camera", "lens", "place", "lat", "lon")}
-    return Hit(int(h["id"]), str(h["path"]), float(h["score"]), **fields)
+    return Hit(int(h["id"]), str(h["path"]), float(h["score"]), copies=int(h.get("copies") or 0), **fields)
 
 
 def _get(server: Server, target: str) -> dict | None:

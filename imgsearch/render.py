@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from imgsearch.types import (
+    CopyGroup,
     EmbeddingExportReport,
     EmbeddingImportReport,
     ExportReport,
@@ -37,10 +38,24 @@ def to_json(obj: Any) -> str:
 
 
 def hits(results: Sequence[Hit], dated: bool = False) -> str:
-    """score TAB path a line; dated: the capture time first (sorted by date)."""
+    """score TAB path a line (TAB "+N copies" for a picture with copies); dated: the capture time first."""
     if dated:
-        return "\n".join(f"{h.taken or '-'}\t{h.score:.4f}\t{shown(h.path)}" for h in results)
-    return "\n".join(f"{h.score:.4f}\t{shown(h.path)}" for h in results)
+        return "\n".join(f"{h.taken or '-'}\t{h.score:.4f}\t{shown(h.path)}{_copies(h)}" for h in results)
+    return "\n".join(f"{h.score:.4f}\t{shown(h.path)}{_copies(h)}" for h in results)
+
+
+def _copies(hit: Hit) -> str:
+    return f"\t+{hit.copies} cop{'y' if hit.copies == 1 else 'ies'}" if hit.copies else ""
+
+
+def copy_groups(groups: Sequence[CopyGroup]) -> str:
+    """A block a group: its level and size, then its files best first, each with its size and why it is not best."""
+    blocks = []
+    for group in groups:
+        lines = [f"{group.level}: {len(group.copies)} files"]
+        lines += [f"  {c.width}x{c.height}\t{shown(c.path)}\t{c.reason or 'best copy'}" for c in group.copies]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def report(r: IndexReport, max_skipped: int = 20) -> str:
@@ -58,6 +73,8 @@ def report(r: IndexReport, max_skipped: int = 20) -> str:
         lines.append(f"  read the capture date, camera and place of {r.photos_read} images indexed before")
     if r.places_named:
         lines.append(f"  named the place of {r.places_named} images with GPS")
+    if r.hashed:
+        lines.append(f"  hashed the pixels of {r.hashed} images indexed before (for `imgsearch dupes`)")
     if r.tagged is not None and r.tagged.images:
         lines.append(tag_report(r.tagged))
     return "\n".join(lines)
@@ -181,6 +198,7 @@ def status(s: Status) -> str:
         ("folders", ", ".join(s.roots) or "-"),
     ]
     rows += photo_rows(s.photos, s.images)
+    rows.append(("duplicates", f"{s.copy_groups} groups, {s.copied_files} files (imgsearch dupes)"))
     if s.runtime:
         rows.append(("runtime", f"{s.runtime} {s.precision or '(precision not decided yet)'}"))
         rows.append(("precision", s.precision_reason))

@@ -86,6 +86,7 @@ class Hit:
     path: str
     score: float
     raw: str | None = None  # a RAW+JPEG pair is one photo: the RAW original beside this JPEG or HEIF
+    copies: int = 0  # other indexed files that are copies of this one (collapsed into it; imgsearch.dupes)
     taken: str | None = None
     taken_source: str | None = None
     camera: str | None = None
@@ -135,6 +136,7 @@ class ImageInfo:
     tags: tuple[ImageTag, ...] = ()
     raw: str | None = None  # the RAW original beside this JPEG or HEIF (a RAW+JPEG pair), if there is one
     photo: PhotoMeta = field(default_factory=PhotoMeta)
+    copies: tuple[Copy, ...] = ()  # the other files of its group of copies, best copy first
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,30 @@ class IndexReport:
     seconds: float = 0.0
     tagged: TagReport | None = None  # with tagging.auto on
     photos_read: int = 0  # images indexed without photo fields (before the upgrade, import, Ray) read since
+    hashed: int = 0  # images indexed without a pixel hash (before the upgrade, import, Ray) hashed since
     places_named: int = 0  # GPS positions named since (the `places` extra was installed after they were read)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A file in a group of copies: why it is not the best copy ("" for the best)."""
+
+    id: int
+    path: str
+    width: int
+    height: int
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CopyGroup:
+    """Files of one picture, the best copy first. level: "exact" (the same bytes), "copy" (the same picture
+    resized, re-encoded, converted, turned or slightly cropped: its pixel hash) or "similar" (CLIP's distance, only
+    when asked for: bursts and near-identical shots)."""
+
+    level: str
+    copies: tuple[Copy, ...]
 
 
 @dataclass(frozen=True)
@@ -232,6 +257,8 @@ class Status:
     cpu: str = ""  # the CPU, with the flags precision depends on
     generation_available: bool = True  # generation runs CLIP in PyTorch: the `torch` extra is installed
     photos: PhotoCounts = field(default_factory=PhotoCounts)
+    copy_groups: int = 0  # groups of copies (imgsearch dupes)
+    copied_files: int = 0  # files in them
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ def test_blank_postgresql_database_upgrades_to_head_without_drift(postgres: pgse
     store = Store(postgres.new_database())
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn)
-        assert context.get_current_revision() == "0005"
+        assert context.get_current_revision() == "0006"
         assert compare_metadata(context, metadata) == []
         columns = "SELECT table_name || '.' || column_name, udt_name FROM information_schema.columns"
         types = dict(conn.exec_driver_sql(columns).all())

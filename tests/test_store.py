@@ -22,7 +22,7 @@ def test_blank_database_upgrades_to_head_without_drift(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn)
-        assert context.get_current_revision() == "0005"
+        assert context.get_current_revision() == "0006"
         assert compare_metadata(context, metadata) == []
     store.close()
 

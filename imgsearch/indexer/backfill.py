@@ -1,10 +1,16 @@
-"""Photo fields for images indexed without them: headers only, no model, no decode.
+"""Photo fields and pixel hashes for images indexed without them: no model call, ever.
+
+Photo fields need headers only, no decode.
 
 Rows written before revision 0005, by `import` or by a Ray cluster have no photo fields (photo_version NULL), and
 rows read by an older imgsearch.photometa have an older version. `index` reads their headers after each run, in
 id order, a batch a transaction, on a few threads (about a millisecond a JPEG, from its first tens of kilobytes).
 A file that is gone or changed since it was indexed is left for `index` to handle; nothing is ever embedded here.
 Positions with no place name (the `places` extra was missing when they were read) are named once it is there.
+
+Pixel hashes (imgsearch.dupes) need the picture: rows from before revision 0006, `import` and Ray are decoded once
+on the index's decode threads, as `index` decodes (reduced for a 224-pixel model input), and hashed; a file that
+cannot be decoded gets an empty hash, so it is not tried again until its content changes.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 
-from imgsearch import photometa, places
+from imgsearch import dupes, images, photometa, places
+from imgsearch.errors import ImageDecodeError
+from imgsearch.raw import is_raw
 from imgsearch.store.repository import Store, StoredImage
 from imgsearch.types import PhotoMeta, Progress
 
 BATCH = 512
+HASH_BATCH = 64
+HASH_DRAFT = 224  # the decode a model of 224-pixel input gets at index time
 WORKERS = 4  # header reads wait on the disk more than on the CPU
 
 OnProgress = Callable[[Progress], None]
@@ -88,3 +98,39 @@ def _name_all(store: Store) -> int:
         store.set_places([(i, label) for (i, _, _), label in zip(rows, labels, strict=True) if label])
         after, count = rows[-1][0], count + len(rows)
     return count
+
+
+def hashes(store: Store, max_pixels: int, workers: int, on_progress: OnProgress, stop: threading.Event | None) -> int:
+    """Hash the pixels of every image that has no hash yet, a batch a transaction; progress as the phase "hashes".
+    Returns how many were written. Stops between batches when `stop` is set."""
+    copies = store.copies
+    total = copies.count_unhashed(dupes.HASH_BYTES)
+    if not total:
+        return 0
+    done = written = after = 0
+    on_progress(Progress("hashes", 0, total))
+    with images.reader_pool(workers) as pool:
+        while rows := copies.unhashed(after, HASH_BATCH, dupes.HASH_BYTES):
+            found = [f for f in pool.map(lambda row: _pixel_hash(row, max_pixels), rows) if f is not None]
+            copies.set_hashes(found)
+            after, done, written = rows[-1].id, done + len(rows), written + len(found)
+            on_progress(Progress("hashes", min(done, total), total))
+            if stop is not None and stop.is_set():
+                break
+    return written
+
+
+def _pixel_hash(row: StoredImage, max_pixels: int) -> tuple[StoredImage, bytes] | None:
+    """The row's pixel hash (empty: its file cannot be decoded); None when the file is gone or not what was
+    indexed (`index` handles those)."""
+    try:
+        found = images.read_file(row.path, images.size_limit(max_pixels))
+    except (FileNotFoundError, ImageDecodeError):
+        return None
+    if found.digest != row.content_hash:
+        return None
+    try:
+        picture = images.decode(found.data, max_pixels, HASH_DRAFT, raw_file=is_raw(row.path))
+    except ImageDecodeError:
+        return row, b""
+    return row, dupes.picture_hash(picture)

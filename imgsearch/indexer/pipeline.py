@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from imgsearch import images
+from imgsearch import dupes, images
 from imgsearch.config import IndexSettings, SearchSettings
 from imgsearch.embed import Embedder
 from imgsearch.errors import ImageDecodeError, InterruptedRun
@@ -78,6 +78,7 @@ class Read:
     vector: np.ndarray | None = None
     model_id: str = ""
     photo: PhotoMeta | None = None  # what its header says; None: not read here (the backfill reads it)
+    pixel_hash: bytes | None = None  # its perceptual hash (imgsearch.dupes); None: not computed here (backfill)
 
     @property
     def fresh(self) -> bool:
@@ -185,9 +186,17 @@ class Reader:
             pixels = embedder.prepare(image)
         except ImageDecodeError as exc:
             return Read(entry, old, found.digest, error=str(exc))
-        generated = found.generated
+        pixel_hash = dupes.picture_hash(image)  # from the pixels decoded for the model: no second decode
         return Read(
-            entry, old, found.digest, pixels=pixels, width=width, height=height, generated=generated, photo=photo
+            entry,
+            old,
+            found.digest,
+            pixels=pixels,
+            width=width,
+            height=height,
+            generated=found.generated,
+            photo=photo,
+            pixel_hash=pixel_hash,
         )
 
     def run(self, items: Iterable[tuple[FileEntry, StoredImage | None]]) -> Iterator[list[Read]]:
@@ -354,9 +363,11 @@ class Writer:
             self.store.move_image(conn, dup.id, e.path, e.size, e.mtime_ns, r.photo)
             self.report.renamed += 1
             return
-        vector, width, height = self.store.embedding_of(conn, r.duplicates[0].id)
+        vector, width, height, pixel_hash = self.store.embedding_of(conn, r.duplicates[0].id)
         self.report.copied += 1
-        new = NewImage(e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector, r.generated, r.photo)
+        new = NewImage(
+            e.path, e.size, e.mtime_ns, r.content_hash, width, height, vector, r.generated, r.photo, pixel_hash
+        )
         added.append((self._upsert(conn, r, new, removed), vector))
 
     def _apply(self, removed: list[int], added: list[tuple[int, np.ndarray]]) -> None:
@@ -386,7 +397,7 @@ def _lstat(path: str) -> tuple[int, int]:
 def _new_image(r: Read, vector: np.ndarray, width: int = 0, height: int = 0) -> NewImage:
     e = r.entry
     w, h = r.width or width, r.height or height
-    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, w, h, vector, r.generated, r.photo)
+    return NewImage(e.path, e.size, e.mtime_ns, r.content_hash, w, h, vector, r.generated, r.photo, r.pixel_hash)
 
 
 def run(

@@ -49,6 +49,7 @@ from imgsearch.store.schema import image_tags, images, meta, roots, skipped
 from imgsearch.types import NO_FILTER, ImageInfo, PhotoCounts, PhotoFilter, PhotoMeta, Skipped
 
 if TYPE_CHECKING:
+    from imgsearch.store.copies import CopyStore
     from imgsearch.store.tags import TagStore
 
 # A transaction a caller runs several operations in (the pipeline's writer): opened by Store.read/write.
@@ -57,7 +58,7 @@ Transaction = Connection
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two equal). A database already there opens
 # without importing Alembic at all, which is a fifth of a second of every cold query.
-HEAD = "0005"
+HEAD = "0006"
 # pg_advisory_xact_lock key of imgsearch's write transactions in PostgreSQL ("imgs" in ASCII).
 WRITE_LOCK = 0x696D6773
 
@@ -86,6 +87,7 @@ class NewImage:
     vector: np.ndarray
     generated: bool = False
     photo: PhotoMeta | None = None  # None: not read (the backfill reads it later)
+    pixel_hash: bytes | None = None  # imgsearch.dupes' hash of its pixels; None: not computed (the backfill does)
 
 
 # The capture fields of images, in PhotoMeta's order (photo_version last: PhotoMeta.version).
@@ -142,6 +144,13 @@ class Store:
         from imgsearch.store.tags import TagStore
 
         return TagStore(self)
+
+    @property
+    def copies(self) -> CopyStore:
+        """Pixel hashes and groups of copies (store/copies.py)."""
+        from imgsearch.store.copies import CopyStore
+
+        return CopyStore(self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -296,11 +305,12 @@ class Store:
         with self.read() as conn:
             return self.embedding_of(conn, image_id)[0]
 
-    def embedding_of(self, conn: Connection, image_id: int) -> tuple[np.ndarray, int, int]:
-        """(vector, width, height) of an indexed image, to copy onto a duplicate file."""
-        stmt = select(images.c.vector, images.c.width, images.c.height).where(images.c.id == image_id)
-        row = conn.execute(stmt).one()
-        return np.frombuffer(row.vector, dtype="<f4").copy(), int(row.width), int(row.height)
+    def embedding_of(self, conn: Connection, image_id: int) -> tuple[np.ndarray, int, int, bytes | None]:
+        """(vector, width, height, pixel hash) of an indexed image, to copy onto a file of the same content."""
+        c = images.c
+        row = conn.execute(select(c.vector, c.width, c.height, c.pixel_hash).where(c.id == image_id)).one()
+        vector = np.frombuffer(row.vector, dtype="<f4").copy()
+        return vector, int(row.width), int(row.height), None if row.pixel_hash is None else bytes(row.pixel_hash)
 
     def insert_image(self, conn: Connection, new: NewImage) -> int:
         """A new row for a file. Should the path be indexed already (another writer of a shared PostgreSQL
@@ -696,6 +706,7 @@ def _row_values(new: NewImage) -> dict[str, Any]:
         "vector": np.ascontiguousarray(new.vector, dtype="<f4").tobytes(),
         "indexed_at": time.time(),
         "generated": new.generated,
+        "pixel_hash": new.pixel_hash,
         **photo_values(new.photo),
     }
 

@@ -59,6 +59,14 @@ images = Table(
     Index("ix_images_camera", "camera"),
     Index("ix_images_place", "place"),
     Index("ix_images_photo_version", "photo_version"),
+    # Copies (revision 0006; imgsearch.dupes). pixel_hash: the perceptual hash of the decoded picture (NULL: not
+    # computed yet, the backfill does it; empty: the file could not be decoded for it). copy_group: the id of the
+    # best copy of the group this image is in (NULL: no copy of it is indexed); copy_rank: 0 for the best copy,
+    # then the others in the best-copy order.
+    Column("pixel_hash", LargeBinary, nullable=True),
+    Column("copy_group", Integer, nullable=True),
+    Column("copy_rank", Integer, nullable=True),
+    Index("ix_images_copy_group", "copy_group"),
     sqlite_autoincrement=True,
 )
 

@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from imgsearch.errors import ImageDecodeError, NotFoundError, UsageError
-from imgsearch.types import Hit
+from imgsearch.types import Copy, CopyGroup, Hit
 
 # image id -> a cached JPEG thumbnail file (Library.thumbnail)
 Thumbnail = Callable[[int], Path]
@@ -51,6 +51,10 @@ li.hit { background: var(--card); border: 1px solid var(--line); border-radius: 
 .name { display: block; font-weight: 600; overflow-wrap: anywhere; }
 .path { display: block; font-size: .8rem; color: var(--muted); overflow-wrap: anywhere; }
 .none { color: var(--muted); }
+section.group { margin-bottom: 1.5rem; }
+section.group h2 { font-size: 1rem; margin: 0 0 .5rem; }
+li.best { border-color: #2e7d32; }
+.why { display: block; font-size: .8rem; }
 """
 
 
@@ -77,10 +81,46 @@ def query_title(text: str, images: Sequence[str | Path] = (), tags: Sequence[str
 
 def page(title: str, hits: Sequence[Hit], thumbnail: Thumbnail, when: datetime.datetime | None = None) -> str:
     """The whole HTML document."""
-    when = when or datetime.datetime.now().astimezone()
     cells = "\n".join(_cell(rank, hit, thumbnail) for rank, hit in enumerate(hits, 1))
     body = f'<ol class="grid">\n{cells}\n</ol>' if hits else '<p class="none">No matches.</p>'
-    count = f"{len(hits)} result{'' if len(hits) == 1 else 's'}"
+    return _document(title, f"{len(hits)} result{'' if len(hits) == 1 else 's'}", body, when)
+
+
+def write_groups(path: Path | str, groups: Sequence[CopyGroup], thumbnail: Thumbnail) -> int:
+    """Write a page of groups of copies (`imgsearch dupes --html`), each best copy first, to `path`, atomically.
+    Returns how many groups."""
+    target = Path(path)
+    _check_folder(target)
+    sections = "\n".join(_group(n, group, thumbnail) for n, group in enumerate(groups, 1))
+    body = sections or '<p class="none">No copies.</p>'
+    files = sum(len(g.copies) for g in groups)
+    _replace(target, _document("Duplicates", f"{len(groups)} groups, {files} files", body, None))
+    return len(groups)
+
+
+def _group(n: int, group: CopyGroup, thumbnail: Thumbnail) -> str:
+    cells = "\n".join(_copy_cell(copy, thumbnail) for copy in group.copies)
+    return (
+        f'<section class="group" id="g{n}"><h2>{_text(group.level)} · {len(group.copies)} files</h2>'
+        f'<ol class="grid">\n{cells}\n</ol></section>'
+    )
+
+
+def _copy_cell(copy: Copy, thumbnail: Thumbnail) -> str:
+    name = Path(copy.path).name
+    verdict = "best copy" if not copy.reason else copy.reason
+    return (
+        f'<li class="hit{" best" if not copy.reason else ""}">'
+        f"{_picture(Hit(copy.id, copy.path, 0.0), name, thumbnail)}"
+        f'<div class="meta"><div class="top"><span>{copy.width}x{copy.height}</span>'
+        f"<span>{copy.bytes >> 10} KB</span></div>"
+        f'<span class="name">{_text(name)}</span><span class="why">{_text(verdict)}</span>'
+        f'<a class="path" href="{_text(_file_uri(copy.path))}">{_text(copy.path)}</a></div></li>'
+    )
+
+
+def _document(title: str, summary: str, body: str, when: datetime.datetime | None) -> str:
+    when = when or datetime.datetime.now().astimezone()
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -95,7 +135,7 @@ def page(title: str, hits: Sequence[Hit], thumbnail: Thumbnail, when: datetime.d
 <body>
 <header>
 <h1>{_text(title)}</h1>
-<p>{count} · {when:%Y-%m-%d %H:%M} · imgsearch</p>
+<p>{summary} · {when:%Y-%m-%d %H:%M} · imgsearch</p>
 </header>
 {body}
 </body>

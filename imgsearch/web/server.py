@@ -35,7 +35,7 @@ from imgsearch.errors import (
     UsageError,
     WeightsError,
 )
-from imgsearch.types import Hit
+from imgsearch.types import Copy, Hit
 from imgsearch.version import __version__
 from imgsearch.web.guard import Guard, owner
 from imgsearch.web.jobs import Job, Jobs
@@ -63,6 +63,10 @@ DATE_HELP = "a date: 2023, 2023-06 or 2023-06-14 (the bound includes the period 
 After = Annotated[str | None, Query(max_length=40, description=f"taken in or after {DATE_HELP}")]
 Before = Annotated[str | None, Query(max_length=40, description=f"taken in or before {DATE_HELP}")]
 Camera = Annotated[str | None, Query(max_length=200, description="camera make or model contains this (any case)")]
+Copies = Annotated[
+    Literal["collapse", "all"],
+    Query(description='"collapse": one hit per picture, its best copy found, counting the others; "all": every file'),
+]
 Place = Annotated[str | None, Query(max_length=200, description="place name (city, region, country) contains this")]
 Sort = Annotated[
     Literal["relevance", "date", "-date"] | None,
@@ -96,6 +100,26 @@ class HitOut(PhotoOut):
     thumbnail: str
     original: str
     raw: str | None = Field(default=None, description="the RAW original beside this JPEG or HEIF (a RAW+JPEG pair)")
+    copies: int = Field(0, description="other indexed files that are copies of this picture (collapsed into it)")
+
+
+class CopyOut(BaseModel):
+    id: int
+    path: str
+    name: str
+    width: int
+    height: int
+    bytes: int
+    reason: str = Field(description='why it is not the best copy of its group ("" for the best)')
+    thumbnail: str
+
+
+class CopyGroupOut(BaseModel):
+    level: str = Field(
+        description='"exact": the same bytes; "copy": the same picture (pixel hash); "similar": near-identical shots '
+        "(CLIP distance)"
+    )
+    copies: list[CopyOut] = Field(description="the files, best copy first")
 
 
 class PageOut(BaseModel):
@@ -125,6 +149,7 @@ class ImageOut(PhotoOut):
     original: str
     raw: str | None = Field(default=None, description="the RAW original beside this JPEG or HEIF (a RAW+JPEG pair)")
     photo_notes: str = Field("", description="why photo fields were left empty (broken or absurd metadata)")
+    copies: list[CopyOut] = Field([], description="the other files of this picture, best copy first")
 
 
 class ValueOut(BaseModel):
@@ -208,6 +233,7 @@ class StatusOut(BaseModel):
     generation_available: bool = True
     runtime: str = ""  # what runs the model here (openvino, onnxruntime, pytorch-cpu, pytorch-cuda)
     precision: str = ""  # fp32, bf16, int8 or fp16; empty until a probe on first use decides
+    copy_groups: int = 0  # groups of duplicates (the page's Duplicates view)
 
 
 class Problem(BaseModel):
@@ -314,13 +340,15 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         camera: Camera = None,
         place: Place = None,
         sort: Sort = None,
+        copies: Copies = "collapse",
     ) -> PageOut:
         """Text search (tags, dates, camera and place narrow it); without text, the images that pass the filters
         (tags alone: by the first tag's probability; else by capture time); nothing at all: the library, newest
-        indexed first."""
+        indexed first. Copies of a picture are one hit unless copies=all."""
         n = limit or page_size
+        every = copies == "all"
         if not q.strip() and not tags and not any((after, before, camera, place, sort)):
-            return page(lambda k: lib.newest(k=k, path_prefix=path_prefix), offset, n, scored=False)
+            return page(lambda k: lib.newest(k=k, path_prefix=path_prefix, all_copies=every), offset, n, scored=False)
 
         def fetch(k: int) -> list[Hit]:
             with model_lock:
@@ -336,6 +364,7 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
                     camera=camera,
                     place=place,
                     sort=sort,
+                    all_copies=every,
                 )
 
         return page(fetch, offset, n, scored=bool(q.strip() or (tags and sort in (None, "relevance"))))
@@ -351,13 +380,22 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         camera: Annotated[str | None, Form(max_length=200)] = None,
         place: Annotated[str | None, Form(max_length=200)] = None,
         sort: Annotated[Literal["relevance", "date", "-date"] | None, Form()] = None,
+        copies: Annotated[Literal["collapse", "all"], Form()] = "collapse",
     ) -> PageOut:
         with _upload(file) as path:
 
             def fetch(k: int) -> list[Hit]:
                 with model_lock:
                     return lib.query(
-                        images=[path], k=k, tags=tag, after=after, before=before, camera=camera, place=place, sort=sort
+                        images=[path],
+                        k=k,
+                        tags=tag,
+                        after=after,
+                        before=before,
+                        camera=camera,
+                        place=place,
+                        sort=sort,
+                        all_copies=copies == "all",
                     )
 
             return page(fetch, offset, limit or page_size)
@@ -367,12 +405,23 @@ def _api(lib: Library, token: str, public: bool) -> FastAPI:
         return _image(lib, image_id)
 
     @api.get("/api/images/{image_id}/similar", response_model=PageOut, responses=ERRORS, summary="More like this")
-    def similar(image_id: ImageId, offset: Offset = 0, limit: Limit = None) -> PageOut:
+    def similar(image_id: ImageId, offset: Offset = 0, limit: Limit = None, copies: Copies = "collapse") -> PageOut:
         def fetch(k: int) -> list[Hit]:
             with model_lock:
-                return lib.similar(image_id, k=k)
+                return lib.similar(image_id, k=k, all_copies=copies == "all")
 
         return page(fetch, offset, limit or page_size)
+
+    @api.get("/api/dupes", response_model=list[CopyGroupOut], responses=ERRORS, summary="Groups of duplicates")
+    def dupes(
+        path_prefix: str | None = None,
+        similar: Annotated[bool, Query(description="also near-identical shots by CLIP distance")] = False,
+    ) -> list[CopyGroupOut]:
+        """Groups of copies with a file under path_prefix, the best copy first, largest groups first."""
+        paths = [path_prefix] if path_prefix else []
+        with model_lock:  # --similar reads every vector
+            groups = lib.dupes(paths, similar=similar)
+        return [CopyGroupOut(level=g.level, copies=[_copy(c) for c in g.copies]) for g in groups]
 
     @api.get(
         "/api/images/{image_id}/thumbnail",
@@ -473,6 +522,20 @@ def _hit(hit: Hit, scored: bool) -> HitOut:
         thumbnail=f"/api/images/{hit.id}/thumbnail",
         original=f"/api/images/{hit.id}/file",
         raw=hit.raw,
+        copies=hit.copies,
+    )
+
+
+def _copy(c: Copy) -> CopyOut:
+    return CopyOut(
+        id=c.id,
+        path=c.path,
+        name=Path(c.path).name,
+        width=c.width,
+        height=c.height,
+        bytes=c.bytes,
+        reason=c.reason,
+        thumbnail=f"/api/images/{c.id}/thumbnail",
     )
 
 
@@ -500,6 +563,7 @@ def _image(lib: Library, image_id: ImageId) -> ImageOut:
         thumbnail=f"/api/images/{info.id}/thumbnail",
         original=f"/api/images/{info.id}/file",
         raw=info.raw,
+        copies=[_copy(c) for c in info.copies],
     )
 
 

@@ -27,17 +27,19 @@ const ui = {
   tagForm: $("tag-form"), tagInput: $("tag-input"), lbPhoto: $("lightbox-photo"),
   dateForm: $("date-range"), dateAfter: $("date-after"), dateBefore: $("date-before"), sortToggle: $("sort-toggle"),
   places: $("places"), placeList: $("place-list"), cameras: $("cameras"), cameraList: $("camera-list"),
+  dupesButton: $("dupes-button"), lbCopies: $("lightbox-copies"), lbCopyList: $("lightbox-copy-list"),
 };
 const PHOTO_FILTERS = ["after", "before", "camera", "place", "sort"]; // the API's names, and the URL's
 const SORTS = ["", "-date", "date"]; // relevance, newest taken first, oldest taken first: the toggle's cycle
 const SORT_LABELS = { "": "Sort by date", "-date": "Newest first", date: "Oldest first" };
 
-// mode: "browse" (the library, or filters alone), "text", "image" (by example) or "similar" (more like this)
+// mode: "browse" (the library, or filters alone), "text", "image" (by example), "similar" (more like this) or
+// "dupes" (the groups of duplicates)
 const state = {
   mode: "browse", q: "", tags: [], file: null, fileUrl: null, like: null,
   after: "", before: "", camera: "", place: "", sort: "", facets: { cameras: [], places: [] },
   hits: [], seen: new Set(), offset: 0, more: false, loading: false, gen: 0, abort: null,
-  allTags: [], status: null, current: -1, job: null,
+  allTags: [], status: null, current: -1, shown: null, job: null,
 };
 
 function clampInt(text, lo, hi, fallback) {
@@ -116,6 +118,8 @@ async function loadStatus() {
     if (s.skipped) parts.push(`${s.skipped} skipped`);
     ui.status.textContent = parts.join(" · ");
     ui.status.title = `${s.home} · imgsearch ${s.version}`;
+    ui.dupesButton.hidden = !s.copy_groups;
+    ui.dupesButton.textContent = `Duplicates · ${plural(s.copy_groups, "group")}`;
   } catch (err) {
     ui.status.textContent = `status unavailable: ${err.message}`;
   }
@@ -211,7 +215,18 @@ function syncUrl() {
   history.replaceState(null, "", query ? `?${query}` : location.pathname);
 }
 
+async function fetchDupes(signal) {
+  // One page of every group, each as a heading followed by its files (best copy first).
+  const groups = await api("/api/dupes", { signal });
+  const hits = groups.flatMap((group, g) => group.copies.map((copy, i) => ({
+    ...copy, original: `/api/images/${copy.id}/file`, score: null, group: g, level: group.level,
+    first: i === 0, size: group.copies.length,
+  })));
+  return { hits, offset: 0, limit: hits.length, more: false };
+}
+
 function fetchPage(offset, signal) {
+  if (state.mode === "dupes") return fetchDupes(signal);
   const paging = { offset: String(offset) };
   if (PAGE_SIZE) paging.limit = String(PAGE_SIZE);
   if (state.mode === "similar") {
@@ -236,11 +251,12 @@ function renderContext() {
   const parts = [];
   if (state.mode === "text") parts.push(el("span", { text: `Results for “${state.q}”` }));
   else if (state.mode === "similar") parts.push(el("span", { text: `Like ${state.like.name}` }));
+  else if (state.mode === "dupes") parts.push(el("span", { text: "Duplicates · best copy first" }));
   else if (state.mode === "image") {
     parts.push(el("img", { class: "example", src: state.fileUrl, alt: "" }));
     parts.push(el("span", { text: `Like ${state.file.name || "the dropped image"}` }));
   } else parts.push(el("span", { text: browseTitle() }));
-  if (state.mode === "similar" || state.mode === "image") {
+  if (state.mode === "similar" || state.mode === "image" || state.mode === "dupes") {
     parts.push(el("button", {
       type: "button", class: "link", "data-testid": "back-to-library", text: "Back to library",
       onclick: () => { ui.input.value = ""; state.q = ""; state.mode = "browse"; runSearch(); },
@@ -326,9 +342,17 @@ function appendHits(hits) {
     if (state.seen.has(hit.id)) continue;
     state.seen.add(hit.id);
     state.hits.push(hit);
+    if (hit.first) cells.push(groupHead(hit));
     cells.push(cell(hit, state.hits.length - 1));
   }
   ui.grid.append(...cells);
+}
+
+function groupHead(hit) {
+  return el("h3", {
+    class: "group-head", "data-testid": "dupe-group", "data-level": hit.level,
+    text: `${hit.level === "exact" ? "Exact copies" : hit.level === "copy" ? "Copies" : "Similar shots"} · ${hit.size} files`,
+  });
 }
 
 function cell(hit, index) {
@@ -345,6 +369,13 @@ function cell(hit, index) {
   },
   el("img", { src: hit.thumbnail, alt: hit.name, loading: "lazy", decoding: "async", draggable: "false" }),
   score ? el("span", { class: "score", "data-testid": "result-score", text: score }) : "",
+  hit.copies ? el("span", {
+    class: "copies", "data-testid": "result-copies", title: `${plural(hit.copies, "other copy")} of this picture`,
+    text: `+${hit.copies}`,
+  }) : "",
+  hit.reason !== undefined ? el("span", {
+    class: hit.reason ? "verdict" : "verdict best", "data-testid": "dupe-verdict", text: hit.reason || "best copy",
+  }) : "",
   el("span", { class: "caption", "data-testid": "result-name", text: hit.name }));
 }
 
@@ -354,6 +385,7 @@ function openLightbox(index) {
   const hit = state.hits[index];
   if (!hit) return;
   state.current = index;
+  state.shown = hit.id;
   ui.lbImage.src = hit.original;
   ui.lbImage.alt = hit.name;
   ui.lbName.textContent = hit.name;
@@ -362,23 +394,35 @@ function openLightbox(index) {
   ui.lbMeta.textContent = fmtScore(hit.score) ? `score ${fmtScore(hit.score)}` : "";
   renderPhoto(hit);
   ui.lbTags.replaceChildren();
+  ui.lbCopies.hidden = true;
   showError(ui.lbError, "");
   if (!ui.lb.open) ui.lb.showModal();
   loadDetail(hit.id);
+}
+
+// A copy listed in the lightbox opens in its place (the grid shows one entry per picture).
+function showCopy(copy) {
+  state.shown = copy.id;
+  ui.lbImage.src = `/api/images/${copy.id}/file`;
+  ui.lbImage.alt = ui.lbName.textContent = copy.name;
+  ui.lbPath.textContent = copy.path;
+  ui.lbOpen.href = `/api/images/${copy.id}/file`;
+  loadDetail(copy.id);
 }
 
 async function loadDetail(id) {
   try {
     renderDetail(await api(`/api/images/${id}`));
   } catch (err) {
-    if (state.hits[state.current]?.id === id) showError(ui.lbError, err.message);
+    if (state.shown === id) showError(ui.lbError, err.message);
   }
 }
 
 function renderDetail(image) {
   const hit = state.hits[state.current];
-  if (!hit || hit.id !== image.id) return; // the user moved on
+  if (!hit || state.shown !== image.id) return; // the user moved on
   ui.lbPath.textContent = image.raw || image.path;
+  renderCopies(image);
   renderPhoto(image);
   const meta = [];
   if (image.raw) meta.push(`RAW original, shown through ${image.name}`);
@@ -386,7 +430,7 @@ function renderDetail(image) {
   if (image.bytes) meta.push(fmtBytes(image.bytes));
   if (image.indexed_at) meta.push(`indexed ${new Date(image.indexed_at * 1000).toLocaleString()}`);
   if (image.generated) meta.push("generated");
-  if (fmtScore(hit.score)) meta.push(`score ${fmtScore(hit.score)}`);
+  if (fmtScore(hit.score) && hit.id === image.id) meta.push(`score ${fmtScore(hit.score)}`);
   ui.lbMeta.textContent = meta.join(" · ");
   ui.lbTags.replaceChildren(...image.tags.map((t) => el("li", {
     class: `lb-tag ${t.source}`, "data-testid": "lightbox-tag", "data-label": t.label, "data-source": t.source,
@@ -400,6 +444,20 @@ function renderDetail(image) {
   }) : "")));
   ui.tagForm.hidden = !OWNER;
   if (!image.tags.length) ui.lbTags.append(el("li", { class: "muted small", text: "No tags" }));
+}
+
+// The other files of this picture, best copy first: each opens in the lightbox.
+function renderCopies(image) {
+  ui.lbCopies.hidden = !image.copies.length;
+  ui.lbCopyList.replaceChildren(...image.copies.map((copy) => el("li", {},
+    el("button", {
+      type: "button", class: "copy", "data-testid": "lightbox-copy", "data-id": String(copy.id),
+      title: copy.path, onclick: () => showCopy(copy),
+    },
+    el("img", { src: copy.thumbnail, alt: "", loading: "lazy" }),
+    el("span", { class: "copy-text" },
+      el("span", { class: "copy-name", text: copy.name }),
+      el("span", { class: "muted small", text: `${copy.width} × ${copy.height} · ${copy.reason || "best copy"}` }))))));
 }
 
 // Date, camera, lens and place of the photo in the lightbox (what the hit or the image record carries).
@@ -619,6 +677,11 @@ function setUpEvents() {
   $("lightbox-prev").addEventListener("click", () => step(-1));
   $("lightbox-next").addEventListener("click", () => step(1));
   $("more-like-this").addEventListener("click", moreLikeThis);
+  ui.dupesButton.addEventListener("click", () => {
+    ui.input.value = "";
+    Object.assign(state, { mode: "dupes", q: "" });
+    runSearch();
+  });
   ui.lb.addEventListener("click", (e) => { if (e.target === ui.lb) ui.lb.close(); }); // the backdrop
   ui.lb.addEventListener("close", () => {
     ui.lbImage.removeAttribute("src");
@@ -632,10 +695,9 @@ function setUpEvents() {
   ui.tagForm.addEventListener("submit", (e) => {
     e.preventDefault();
     const label = ui.tagInput.value.trim();
-    const hit = state.hits[state.current];
-    if (!label || !hit) return;
+    if (!label || state.shown === null) return;
     ui.tagInput.value = "";
-    setTag(hit.id, label, true);
+    setTag(state.shown, label, true);
   });
   document.addEventListener("keydown", (e) => {
     if (e.key === "/" && document.activeElement !== ui.input && !ui.lb.open && !isTyping(e.target)) {

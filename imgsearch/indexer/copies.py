@@ -1,0 +1,73 @@
+"""Groups of copies over the whole index, decided again after each run that changed it.
+
+Two levels, both from what the index holds, never from CLIP (whose similarity says "same scene", and with some
+weights says it of every pair):
+- exact: files of the same content (the same content hash at different paths);
+- copy: pictures whose pixel hashes are within imgsearch.dupes' thresholds (resized, re-encoded, converted,
+  turned by EXIF, slightly cropped).
+Files of one content are one picture to the hash search: one of them stands for the others, and its group takes
+them all. Each group is ordered by dupes.rank_copies (resolution, then the most original file, then the oldest
+capture time or mtime) and written as copy_group/copy_rank (store/copies.py), which searches collapse on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from imgsearch import dupes
+from imgsearch.store.copies import Candidate
+from imgsearch.store.repository import Store
+
+# What decides a group: another hash or threshold groups every image again.
+GROUPING = f"hash{dupes.HASH_BYTES}:shape{dupes.MAX_SHAPE_DISTANCE}:tone{dupes.MAX_TONE_DISTANCE}"
+EXACT, COPY = "exact", "copy"
+
+
+def regroup(store: Store, force: bool = False) -> int:
+    """Decide the groups of copies of every hashed image and record them (skipped when nothing could have changed
+    them: `force` False and the groups were decided with today's GROUPING). Returns how many groups there are."""
+    copies = store.copies
+    if not force and copies.grouping() == GROUPING:
+        return copies.counts()[0]
+    groups = decide(copies.candidates())
+    copies.set_groups([[c.id for c in group] for group in groups], GROUPING)
+    return len(groups)
+
+
+def decide(found: Sequence[Candidate]) -> list[list[Candidate]]:
+    """The groups of copies among candidates (each of two or more, best copy first)."""
+    by_content: dict[str, list[Candidate]] = {}
+    for c in found:
+        by_content.setdefault(c.content_hash, []).append(c)
+    heads = [members[0] for members in by_content.values() if len(members[0].pixel_hash) == dupes.HASH_BYTES]
+    grouped: set[str] = set()
+    groups = []
+    if heads:
+        for star in dupes.copy_groups(dupes.hash_array([h.pixel_hash for h in heads])):
+            keys = [heads[i].content_hash for i in star]
+            grouped.update(keys)
+            groups.append(ranked([c for key in keys for c in by_content[key]]))
+    groups += [ranked(members) for key, members in by_content.items() if key not in grouped and len(members) > 1]
+    return groups
+
+
+def ranked(members: Sequence[Candidate]) -> list[Candidate]:
+    """Members best copy first (dupes.rank_copies)."""
+    by_path = {c.path: c for c in members}
+    return [by_path[r.candidate.path] for r in dupes.rank_copies([judged(c) for c in members])]
+
+
+def reasons(members: Sequence[Candidate]) -> dict[int, str]:
+    """{id: why it is not the best copy ("" for the best)} of a group's members."""
+    by_path = {c.path: c for c in members}
+    return {by_path[r.candidate.path].id: r.reason for r in dupes.rank_copies([judged(c) for c in members])}
+
+
+def level(members: Sequence[Candidate]) -> str:
+    """ "exact" when every member holds the same bytes, else "copy"."""
+    return EXACT if len({c.content_hash for c in members}) == 1 else COPY
+
+
+def judged(c: Candidate) -> dupes.Candidate:
+    """What the best-copy rule reads of an indexed image."""
+    return dupes.Candidate(c.path, c.width, c.height, c.camera, c.taken, c.mtime_ns / 1e9)
