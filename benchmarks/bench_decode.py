@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
+    from imgsearch import images, raw
     from imgsearch.embed.cpu import cpu_info
-    from imgsearch.indexer import images, raw
 
     print(f"cpu: {cpu_info().describe()}")
     print(f"LibRaw {raw.version()}; Pillow {Image.__version__}; {args.runs} runs each, median")

@@ -79,15 +79,40 @@ def reader_only(embedder, settings, folder: Path) -> float:  # type: ignore[no-u
     return 1000 * (time.thread_time() - started) / len(paths)
 
 
-def pipeline(embedder, settings, folder: Path) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def hash_only(embedder, settings, folder: Path) -> float:  # type: ignore[no-untyped-def]
+    """CPU-ms per image of the duplicates' pixel hash alone, on the pictures the reader decodes for the model."""
+    from imgsearch import dupes, images
+
+    side = embedder.input_size if settings.index.jpeg_draft else 0
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    pictures = [images.decode(p.read_bytes(), settings.index.max_pixels, side) for p in paths]
+    dupes.picture_hash(pictures[0])  # warm-up
+    started = time.thread_time()
+    for picture in pictures:
+        dupes.picture_hash(picture)
+    return 1000 * (time.thread_time() - started) / len(pictures)
+
+
+def pipeline(embedder, settings, folder: Path, pixel_hash: bool = True) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """images/s of a whole `index` run into a fresh home; pixel_hash False: without the duplicates' pixel hash
+    (imgsearch.dupes), to see what it costs."""
+    import dataclasses
+
     import imgsearch.indexer.pipeline
     import imgsearch.store.repository  # noqa: F401  (import time is start-up, not throughput)
-    from imgsearch import Library
+    from imgsearch import Library, dupes
 
-    with Library(settings, embedder=embedder) as lib:
-        started = time.perf_counter()
-        report = lib.index([folder])
-        seconds = time.perf_counter() - started
+    real = dupes.picture_hash
+    with tempfile.TemporaryDirectory() as home:
+        if not pixel_hash:
+            dupes.picture_hash = lambda image: b""  # type: ignore[assignment]  # an empty hash: nothing to backfill
+        try:
+            with Library(dataclasses.replace(settings, home=Path(home)), embedder=embedder) as lib:
+                started = time.perf_counter()
+                report = lib.index([folder])
+                seconds = time.perf_counter() - started
+        finally:
+            dupes.picture_hash = real  # type: ignore[assignment]
     return report.embedded / seconds, report.embedded
 
 
@@ -102,6 +127,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--backend", default="auto", help="model.backend (auto, openvino, onnx, open_clip)")
     ap.add_argument("--precision", default="auto", help="model.precision (auto, fp32, bf16, int8)")
+    ap.add_argument("--repeats", type=int, default=5, help="runs with and without the pixel hash, alternated")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imgsearch-bench")
     args = ap.parse_args()
 
@@ -126,7 +152,15 @@ def main() -> None:
         files = sum(1 for p in folder.rglob("*") if p.is_file())
         a, model_ms = model_only(embedder, min(files, args.count) if not args.folder else files, args.batch)
         reader_ms = reader_only(embedder, settings, folder)
-        b, n = pipeline(embedder, settings, folder)
+        hash_ms = hash_only(embedder, settings, folder)
+        pipeline(embedder, settings, folder)  # warm: the file cache, the runtime's first batches
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.repeats):  # alternated, so that a slow minute of the machine hits both
+            for hashed in (False, True):
+                rate, n = pipeline(embedder, settings, folder, hashed)
+                runs[hashed].append(rate)
+        b, unhashed = max(runs[True]), max(runs[False])
+        paired = sorted(1 - h / u for h, u in zip(runs[True], runs[False], strict=True))
     from imgsearch.embed.cpu import cpu_info
 
     cores = len(os.sched_getaffinity(0))
@@ -134,13 +168,18 @@ def main() -> None:
     print(f"model {args.model}  batch {args.batch}  cores {cores}  runtime: {embedder.describe()}")
     print(f"folder {folder}  images {n}")
     print(f"(a) model only       {a:7.2f} images/s  ({model_ms:.1f} CPU-ms an image)")
-    print(f"(b) whole pipeline   {b:7.2f} images/s")
+    print(f"(b) whole pipeline   {b:7.2f} images/s  (best of {args.repeats})")
     print(f"ratio b/a            {b / a:7.3f}")
+    print(f"(c) without the pixel hash of `dupes`  {unhashed:7.2f} images/s: the hash costs {1 - b / unhashed:.1%}")
+    each = ", ".join(f"{c:.1%}" for c in paired)
+    print(f"    paired runs, the hash's cost: median {paired[len(paired) // 2]:.1%} (each: {each})")
     if str(embedder.device) == "cpu":
         # Model and reader share the cores: with every core busy all the time, an image costs both CPU times;
         # and the pipeline is never faster than the model alone (when the model leaves cores to the reader).
         bound = min(a, 1000 * cores / (model_ms + reader_ms))
         print(f"reader stage         {reader_ms:7.1f} CPU-ms an image (read, hash, decode, preprocess; one thread)")
+        share = hash_ms / (model_ms + reader_ms)
+        print(f"pixel hash           {hash_ms:7.2f} CPU-ms an image (in the reader stage): {share:.1%} of the work")
         print(f"bound on these cores {bound:7.2f} images/s = ratio {bound / a:.3f} (model and reader CPU-ms summed)")
 
 

@@ -13,36 +13,39 @@ The hash (HASH_BYTES = 44 bytes):
                   row by row: Y, Cb, Cr for the top-left cell, then top-right, bottom-left, bottom-right).
 
 Two pictures are copies when their shapes are within MAX_SHAPE_DISTANCE bits (Hamming) and no tone value differs
-by more than MAX_TONE_DISTANCE levels. Why this design, from measurements on the sample photos (tests and
-benchmarks/bench_dupes.py redo them):
+by more than MAX_TONE_DISTANCE levels. Why this design, from measurements on the sample photos (benchmarks/
+bench_dupes.py redoes them; tests/test_dupes_core.py checks the decisions):
 
-- 256 bits, not pHash's 64. Over the 12 samples, their copies (JPEG q=50, half and quarter size, PNG->WebP->HEIC,
-  1% and 2% crops, EXIF turns) and 180 distinct pictures cut from them (crops 30-50% apart), the 64-bit hash put
-  copies up to 16 bits from their original and distinct pictures from 16 bits apart (mean 31.4, sd 4.1): the two
-  touch, and the threshold would sit 3.8 sd below the mean distance, which at 100k images (5e9 pairs) is thousands
-  of false pairs. 256 bits put copies at most 48 bits away (2% crops of a brick wall; resizes and re-encodes move
-  at most a few bits) and distinct pictures at least 72 (mean 127, sd 8.2): the threshold (60) sits 8 sd below
-  the mean. A 64x64 box average, not 32x32, keeps frequencies 8-15 free of aliasing (32x32 gave copies at 56).
-- The shape hash is blind to colour and to overall brightness: the sign of each frequency against the median is
-  what it keeps. So a grey-scale copy, a tinted or a brightened edit would hash the same. The tone cells catch these.
-  A grey-scale copy is an edit, not a copy (it is not what the photographer kept, and a user who tags copies as
-  duplicates must not lose the colour original's place to it): its Cb and Cr sit at 128, while in the colour
-  samples some cell is 18 to 72 levels away; copies moved a tone value by at most about 5 (2% crops; resizes and
-  conversions well under 2). A picture that is already nearly grey (no cell's chroma more than MAX_TONE_DISTANCE
-  from neutral) and its grey-scale copy are the same picture to the eye, and are copies.
-- A mirror image is not a copy: it is an edit, and its shape hash is about as far as an unrelated picture's
-  (122 of 256 bits or more on the samples), since mirroring flips the sign of every odd horizontal frequency.
+- 256 bits, not pHash's 64. Over the 12 samples, their copies (JPEG q=50, half and quarter size, PNG->WebP->HEIC, 1%
+  and 2% crops, EXIF turns) and 180 distinct pictures cut from them (crops 30-50% apart), the 64-bit hash put copies
+  up to 16 bits from their original and distinct pictures from 16 bits apart (mean 31.4, sd 4.1): the two touch, and
+  a threshold would sit under 4 sd below the mean distance, which at 100k images (5e9 pairs) makes thousands of
+  false pairs. 256 bits put copies at most 48 bits away (2% crops of a brick wall; re-encodes, conversions and
+  half-size copies move at most 12 bits, quarter-size ones 24) and distinct pictures at least 72 (a 30% crop of the
+  rocket; mean 127, sd 8.2, about what independent bits give): the threshold, 60, sits 8 sd below the mean. A 64x64
+  box average, not 32x32, keeps frequencies 8-15 free of aliasing (32x32 put copies up to 56 bits away).
+- The shape bits are blind to colour and to brightness and contrast: each frequency's sign against the median is
+  all they keep. So a grey-scale copy, a tinted or a brightened edit would hash the same; the tone cells catch them.
+  A grey-scale copy is an edit, not a copy: it has lost what the colour picture holds and was made on purpose, and
+  as a copy it would be collapsed out of search results, or tagged a duplicate of (or as the one to keep over) a
+  picture it cannot stand in for. Its Cb and Cr sit at 128, where in the colour samples some cell is 18 to 50
+  levels away; copies moved a tone value by at most 7 (2% crops; resizes and conversions by at most 3). So a
+  picture that is already nearly grey (no cell's chroma more than MAX_TONE_DISTANCE from neutral) and its
+  grey-scale copy are copies: to the eye they are the same picture.
+- A mirror image is not a copy: it is an edit (text reads backwards, a face is not the face its owner sees), and
+  its shape hash is as far as another picture's (120 to 132 bits on the samples), since mirroring flips the sign
+  of every odd horizontal frequency. Finding mirrors would take a second search with flipped hashes.
 - A flat picture has no shape: its frequencies are rounding noise. Coefficients within FLAT of zero count as zero,
   so flat pictures hash alike and their tone (black, white, red...) tells them apart.
 
-Grouping finds every pair within the shape threshold with a faiss binary flat index (SIMD popcounts in C, ~10 s
-for 100k hashes on 2 cores: exact, where multi-index hashing at this radius would probe millions of buckets; the
-index is built on the fly and never stored, unlike the FAISS cache in store/vectors.py), keeps the pairs whose tone
-agrees, and groups them as stars, not connected components: the picture with the most copies leads a group of
-itself and its copies not yet grouped, then the next. A component would chain different pictures through
-intermediate edits (a burst of three shots, each within the threshold of the next, is not one picture); a star
-keeps every member within the threshold of its leader. A copy left out of its leader's reach stays ungrouped,
-which errs towards keeping files, never towards tagging a picture as a duplicate of another.
+Grouping finds every pair within the shape threshold with faiss's binary flat index (SIMD popcounts in C: about
+4 s for 100k hashes on 2 cores, each pair measured once). It is exact; multi-index hashing, which faiss and
+BK-trees offer, cannot prune at a radius of a quarter of the bits. The index is built on the fly and never stored,
+unlike the FAISS cache of store/vectors.py. The pairs whose tone agrees are grouped as stars, not connected
+components: the picture with the most copies leads a group of itself and its copies not yet grouped, then the next.
+A component would chain different pictures through intermediate ones (a burst of shots, each within the threshold
+of the next, is not one picture); a star keeps every member within the threshold of its leader. A copy out of its
+leader's reach stays ungrouped, which errs towards keeping files, never towards calling a picture a copy of another.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ TONE_BYTES = 12  # 2x2 cells x (Y, Cb, Cr)
 HASH_BYTES = SHAPE_BYTES + TONE_BYTES
 MAX_SHAPE_DISTANCE = 60  # of 256 bits: copies measured at <= 48, distinct pictures at >= 72
 MAX_TONE_DISTANCE = 12  # of 255 levels, per cell and channel: copies measured at <= 7, grey copies at >= 18
-SAMPLED_SIDE = 384  # pictures with a shorter side of twice this or more are sampled before averaging
-FLAT = 1e-6  # DCT coefficients this close to 0 are rounding noise (a real ripple of one grey level is 45)
+SAMPLED_SIDE = 320  # pictures with a shorter side of twice this or more are sampled before averaging
+FLAT = 1e-6  # DCT coefficients this close to 0 are rounding noise (a ripple of one grey level makes 45)
 
-_BATCH = 4096  # queries per faiss range search: bounds its result buffers
+# Rows searched at a time, against themselves and the rows after them. Bounds faiss's result buffers: a thousand
+# pictures alike (black frames) make _BATCH x 1000 results.
+_BATCH = 1024
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -92,11 +97,14 @@ _TONE_OFFSET = np.array([0.0, 128.0, 128.0])
 def picture_hash(image: Image.Image) -> bytes:
     """The HASH_BYTES-byte perceptual hash of an upright picture (see the module docstring for its layout).
 
-    Costs a box average of the picture to 64x64 and two 16x64 matrix products: about 0.5 ms for a 597x448 RGB
-    picture on a Zen 4 core. A picture whose shorter side is at least 2 x SAMPLED_SIDE is first sampled every k-th
-    pixel (k = shorter side // SAMPLED_SIDE), so that a full 12 MP picture costs about as much as a 448-pixel one
-    (a box average touches every pixel: 20 ms at 12 MP); measured on the samples at 400 to 4000 pixels, the hashes
-    move no more than with the full average.
+    Costs a box average of the picture to 64x64 and two 16x64 matrix products: about 0.5 ms for a 597x448 picture on
+    a Zen 4 core. A box average touches every pixel (1.2 ms for the 1000x750 that a 12 MP JPEG is draft-decoded to,
+    20 ms for a full 12 MP picture, which is how HEIC, PNG and WebP reach the indexer), so a picture whose shorter
+    side is 2 x SAMPLED_SIDE or more is first sampled every k-th pixel, k = shorter side // SAMPLED_SIDE: any
+    picture then costs about as much as a 448-pixel one. Measured on the samples enlarged to 12 MP (with a sensor's
+    noise), against their JPEG, half-size, 1024- and 448-pixel and 2%-cropped copies: the largest distance of a copy
+    to its original stayed within 4 bits of the full average's, except a brick wall's (50 bits against 42: a regular
+    pattern aliases).
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -105,18 +113,24 @@ def picture_hash(image: Image.Image) -> bytes:
     if k >= 2:
         image = image.resize((w // k, h // k), Image.Resampling.NEAREST)
     small = np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float64)
-    return _shape_bits(small @ _LUMA) + _tone(small)
+    return _shape_bits(_product("ijc,c->ij", small, _LUMA)) + _tone(small)
+
+
+def _product(spec: str, *operands: np.ndarray) -> np.ndarray:
+    """A small matrix product in numpy's own loops, never BLAS: the hash runs on the decode threads, where BLAS's
+    worker threads would spin on cores the model is using (measured: 5% of `index` throughput, against 1% here)."""
+    return np.einsum(spec, *operands, optimize=False)
 
 
 def _shape_bits(luma: np.ndarray) -> bytes:
-    coefficients = (_DCT @ luma @ _DCT.T).ravel()
+    coefficients = _product("fj,gj->fg", _product("fi,ij->fj", _DCT, luma), _DCT).ravel()
     coefficients[np.abs(coefficients) < FLAT] = 0.0
     return np.packbits(coefficients > np.median(coefficients)).tobytes()
 
 
 def _tone(rgb: np.ndarray) -> bytes:
     half = SIDE // 2
-    cells = rgb.reshape(2, half, 2, half, 3).mean(axis=(1, 3)) @ _YCBCR + _TONE_OFFSET  # (row, column, Y/Cb/Cr)
+    cells = _product("rsc,cy->rsy", rgb.reshape(2, half, 2, half, 3).mean(axis=(1, 3)), _YCBCR) + _TONE_OFFSET
     return np.clip(np.rint(cells), 0, 255).astype(np.uint8).tobytes()
 
 
@@ -157,6 +171,7 @@ def copy_pairs(
     shapes = np.ascontiguousarray(hashes[:, :SHAPE_BYTES])
     found = [_pairs_from(shapes, start, max_shape) for start in range(0, len(shapes), _BATCH)]
     pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     tones = hashes[:, SHAPE_BYTES:].astype(np.int16)
     agree = np.abs(tones[pairs[:, 0]] - tones[pairs[:, 1]]).max(axis=1, initial=0) <= max_tone
     return pairs[agree]

@@ -244,3 +244,34 @@ def test_the_api_collapses_lists_groups_and_copies(indexed) -> None:  # type: ig
         schema = api.get("/openapi.json").json()
         assert "/api/dupes" in schema["paths"]
         assert any(p["name"] == "copies" for p in schema["paths"]["/api/search"]["get"]["parameters"])
+
+
+@pytest.mark.both_stores
+def test_both_stores_group_collapse_and_follow_changes(lib: Library, tmp_path: Path) -> None:
+    """On SQLite and PostgreSQL alike; a copy that comes or goes changes its group at the next run."""
+    expected, paths = write_library(tmp_path / "photos")
+    lib.index([tmp_path / "photos"])
+    found = sorted(map(sorted, ({c.path for c in g.copies} for g in lib.dupes())))
+    assert found == sorted(map(sorted, expected))
+    assert len(lib.query("a red circle", k=100)) == len(paths) - sum(len(g) - 1 for g in expected)
+    Path(paths["astronaut quarter"]).unlink()
+    shutil.copy(paths["clock"], tmp_path / "photos" / "backup" / "clock.jpg")
+    lib.index()
+    groups = {frozenset(c.path for c in g.copies): g.level for g in lib.dupes()}
+    assert groups[frozenset({paths["astronaut"], paths["astronaut half"]})] == "copy"
+    clock = frozenset({paths["clock"], paths["clock crop"], str(tmp_path / "photos" / "backup" / "clock.jpg")})
+    assert groups[clock] == "copy" and len(groups) == len(expected)
+    assert lib.status().copy_groups == len(expected)
+
+
+def test_similar_groups_near_identical_shots_of_one_kind(lib: Library, shapes) -> None:  # type: ignore[no-untyped-def]
+    """--similar, on the model the suite trained: drawings of one colour and shape (a burst, to the model) group
+    as "similar"; different kinds never share a group; no pixel-hash copy exists among them."""
+    folder, labels = shapes
+    lib.index([folder])
+    assert lib.dupes() == []
+    found = lib.dupes(similar=True)
+    assert found and all(g.level == "similar" for g in found)
+    kinds = [{labels[c.path] for c in g.copies} for g in found]
+    assert all(len(k) == 1 for k in kinds), kinds
+    assert len(found) >= len(set(labels.values())) // 2, "most kinds have their burst"

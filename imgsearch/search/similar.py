@@ -46,7 +46,9 @@ def pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
     found = []
     for start in range(0, len(data), _BATCH):
         limits, _, ids = index.range_search(data[start : start + _BATCH], threshold)
-        rows = np.repeat(np.arange(start, start + len(limits) - 1), np.diff(limits))
+        bounds = np.asarray(limits, dtype=np.int64)  # faiss gives size_t: numpy will not repeat by those
+        counts = bounds[1:] - bounds[:-1]
+        rows = np.repeat(np.arange(start, start + len(limits) - 1), counts)
         later = ids > rows
         found.append(np.stack([rows[later], ids[later].astype(np.int64)], axis=1))
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
