@@ -125,6 +125,20 @@ def shapes(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return folder, draw_shapes(folder)
 
 
+def vitb32_overrides(checkpoint: Path) -> dict[str, str]:
+    """Settings that load the random-init ViT-B-32 checkpoint through PyTorch (open_clip)."""
+    return {"model.pretrained": str(checkpoint), "model.backend": "open_clip"}
+
+
+@pytest.fixture(scope="session")
+def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The random-init ViT-B-32, loaded once for the run (mechanics and parity, not meaning)."""
+    from imgsearch.embed import load_embedder
+
+    home = tmp_path_factory.mktemp("vit-home")
+    return load_embedder(load_settings(home, overrides=vitb32_overrides(vitb32_checkpoint), environ={}))
+
+
 @pytest.fixture(scope="session")
 def vitb32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init checkpoint of the real default architecture, saved as a user's file would be."""

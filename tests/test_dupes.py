@@ -23,7 +23,7 @@ from imgsearch import Library, load_settings
 from imgsearch.cli import cli
 from imgsearch.store import repository
 from imgsearch.types import Progress
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, vitb32_overrides
 from tests.imagefiles import encode, heic, with_orientation
 
 COLOUR_SAMPLES = ["astronaut", "brick-wall", "cat-chelsea", "clock", "coffee-cup", "grass", "gravel", "rocket"]
@@ -76,20 +76,11 @@ def write_library(folder: Path) -> tuple[list[set[str]], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from imgsearch.embed import load_embedder
-
-    home = tmp_path_factory.mktemp("vit-home")
-    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}
-    return load_embedder(load_settings(home, overrides=overrides, environ={}))
-
-
-@pytest.fixture(scope="module")
 def indexed(  # type: ignore[no-untyped-def]
     tmp_path_factory: pytest.TempPathFactory, vitb32, vitb32_checkpoint: Path
 ) -> Iterator[tuple[Library, list[set[str]], dict[str, str]]]:
     root = tmp_path_factory.mktemp("dupes")
-    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}
+    overrides = vitb32_overrides(vitb32_checkpoint)
     library = Library(load_settings(root / "home", overrides=overrides, environ={}), embedder=vitb32)
     groups, paths = write_library(root / "photos")
     report = library.index([root / "photos"])
@@ -186,7 +177,7 @@ def test_the_hash_backfill_makes_no_model_call(  # type: ignore[no-untyped-def]
     for name in ("embed_prepared", "embed_images", "embed_texts"):
         real = getattr(vitb32, name)
         monkeypatch.setattr(vitb32, name, lambda x, real=real: calls.append(len(x)) or real(x))
-    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}
+    overrides = vitb32_overrides(vitb32_checkpoint)
     with Library(load_settings(home, overrides=overrides, environ={}), embedder=vitb32) as upgraded:
         assert upgraded.dupes() == [], "no hash, no group yet"
         events: list[Progress] = []

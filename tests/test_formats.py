@@ -22,7 +22,7 @@ from imgsearch import Library, images, load_settings, photometa, raw
 from imgsearch.errors import ImageDecodeError
 from imgsearch.indexer.scan import NameFilter
 from imgsearch.types import PhotoMeta
-from tests.conftest import SAMPLES, tiny_env
+from tests.conftest import SAMPLES, tiny_env, vitb32_overrides
 from tests.imagefiles import TURNS, avif, dms, dng, encode, heic, jxl
 
 LIMIT = 178_956_970
@@ -79,20 +79,11 @@ def write_photos(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from imgsearch.embed import load_embedder
-
-    home = tmp_path_factory.mktemp("vit-home")
-    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}
-    return load_embedder(load_settings(home, overrides=overrides, environ={}))
-
-
-@pytest.fixture(scope="module")
 def indexed(  # type: ignore[no-untyped-def]
     tmp_path_factory: pytest.TempPathFactory, vitb32, vitb32_checkpoint: Path
 ) -> Iterator[tuple[Library, Path]]:
     root = tmp_path_factory.mktemp("formats")
-    overrides = {"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}
+    overrides = vitb32_overrides(vitb32_checkpoint)
     library = Library(load_settings(root / "home", overrides=overrides, environ={}), embedder=vitb32)
     folder = write_photos(root / "photos")
     report = library.index([folder])

@@ -14,7 +14,7 @@ from PIL import Image
 from imgsearch import Library, load_settings
 from imgsearch.errors import ImageDecodeError
 from imgsearch.images import MAX_ASPECT, REDUCED_SIDE, decode
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, vitb32_overrides
 from tests.imagefiles import TURNS, encode, gray16, rgb16_png, rgb16_tiff, widen, with_orientation
 
 LIMIT = 178_956_970
@@ -223,23 +223,11 @@ def test_a_reduced_photo_gives_vitb32_the_same_input(vitb32, tmp_path: Path) -> 
 # Fidelity through the product's own embedding path (Library.index), on the tiny model and on ViT-B-32
 
 
-@pytest.fixture(scope="module")
-def vitb32(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from imgsearch.embed import load_embedder
-
-    home = tmp_path_factory.mktemp("vit-home")
-    return load_embedder(
-        load_settings(
-            home, overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"}, environ={}
-        )
-    )
-
-
 @pytest.fixture
 def vit_lib(tmp_path: Path, vitb32, vitb32_checkpoint: Path):  # type: ignore[no-untyped-def]
     settings = load_settings(
         tmp_path / "vit-home",
-        overrides={"model.pretrained": str(vitb32_checkpoint), "model.backend": "open_clip"},
+        overrides=vitb32_overrides(vitb32_checkpoint),
         environ={},
     )
     with Library(settings, embedder=vitb32) as library:

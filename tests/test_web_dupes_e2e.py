@@ -5,11 +5,9 @@ the copies (each opens in place), and the Duplicates view lists the groups, best
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -17,7 +15,7 @@ from PIL import Image
 from tests import tinyclip
 from tests.conftest import SAMPLES
 from tests.imagefiles import encode
-from tests.test_web_e2e import SERVE, Server, Tab, _cli, _env, _new_tab, _read_url, _wait_ready, browser, expect
+from tests.test_web_e2e import Server, Tab, _cli, _env, _new_tab, browser, expect, serving
 
 __all__ = ["browser"]  # the module's browser fixture, shared
 
@@ -37,25 +35,8 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
     shutil.copy(SAMPLES / "rocket.jpg", folder / "backup" / "rocket.jpg")
     env = _env(root / "home", tiny)
     _cli(["index", str(folder), "-q"], env, root)
-    proc = subprocess.Popen(
-        SERVE,
-        env=env | {"PYTHONUNBUFFERED": "1"},
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    try:
-        login = _read_url(proc, output, timeout=60)
-        url = "{0.scheme}://{0.netloc}".format(urlsplit(login))
-        status = _wait_ready(url, proc, output)
-        yield Server(
-            url=url, folder=folder, examples=folder, images=status["images"], output=output, proc=proc, login=login
-        )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with serving(env, root, folder, folder) as server:
+        yield server
 
 
 @pytest.fixture

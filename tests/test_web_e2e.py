@@ -174,6 +174,14 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
     contrast = root / "contrast.txt"
     contrast.write_text("\n".join(tinyclip.CONCEPTS) + "\n")
     env |= {"IMGSEARCH_GENERATE__CONTRAST_VOCABULARY": str(contrast)}
+    with serving(env, root, folder, examples) as server:
+        _wait_match_ready(server.url, server.output)
+        yield server
+
+
+@contextmanager
+def serving(env: dict[str, str], root: Path, folder: Path, examples: Path) -> Iterator[Server]:
+    """`imgsearch serve --port 0` in root, answering, until the block ends."""
     proc = subprocess.Popen(
         SERVE,
         env=env | {"PYTHONUNBUFFERED": "1"},
@@ -187,7 +195,6 @@ def server(tiny: tinyclip.TinyCheckpoint, tmp_path_factory: pytest.TempPathFacto
         login = _read_url(proc, output, timeout=60)  # the owner's URL, with the token
         url = "{0.scheme}://{0.netloc}".format(urlsplit(login))
         status = _wait_ready(url, proc, output)
-        _wait_match_ready(url, output)
         yield Server(
             url=url, folder=folder, examples=examples, images=status["images"], output=output, proc=proc, login=login
         )
