@@ -153,7 +153,7 @@ def test_one_cell_per_hit_in_rank_order_with_embedded_thumbnails(indexed, tmp_pa
 
 def test_markup_in_a_file_name_stays_text(indexed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     lib, folder, _ = indexed
-    hits = [h for h in lib.query("a red circle", k=30) if Path(h.path).name == ODD_NAME]
+    hits = [h for h in lib.query("a red circle", k=30, all_copies=True) if Path(h.path).name == ODD_NAME]
     out = tmp_path / "odd.html"
     report.write(out, "<i>query</i> & more", hits, lib.thumbnail)
     raw = out.read_text(encoding="utf-8")
