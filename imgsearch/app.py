@@ -547,11 +547,12 @@ class Library:
         from imgsearch.search import similar
 
         ids, vectors = self.store.all_vectors()
-        paths = self.store.paths_of(ids.tolist())
+        under = [self.store.allowed_ids(root, (), NO_FILTER) for root in roots]
+        wanted = None if any(a is None for a in under) else {int(i) for a in under if a is not None for i in a}
         keep = [
             i
             for i, image_id in enumerate(ids.tolist())
-            if image_id not in grouped and image_id in paths and any(_under(paths[image_id], r) for r in roots)
+            if image_id not in grouped and (wanted is None or image_id in wanted)
         ]
         return [self._described([int(ids[keep[i]]) for i in star], "similar") for star in similar.groups(vectors[keep])]
 
@@ -1035,10 +1036,6 @@ def _unique(labels: Sequence[Label]) -> list[Label]:
 
 def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
-
-
-def _under(path: str, root: str | None) -> bool:
-    return root is None or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _root(path_prefix: str | Path | None) -> str | None:

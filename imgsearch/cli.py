@@ -274,7 +274,7 @@ def _query_or_generate(ctx: click.Context, lib: Library, text: str, hits: list[A
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(resolve_path=True))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, resolve_path=True))
 @click.option("--similar", is_flag=True, help="Also near-identical shots (bursts) by CLIP distance: a looser level.")
 @click.option("--tag", metavar="NAME", help="Tag every copy but the best of each group NAME (by hand).")
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")

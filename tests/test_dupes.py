@@ -213,6 +213,8 @@ def test_dupes_cli_json_html_and_tag(indexed, tmp_path: Path) -> None:  # type: 
     assert paths["astronaut"] not in marked and paths["astronaut half"] in marked
     assert all(Path(p).exists() for p in paths.values()), "no file is ever moved or deleted"
     lib.set_tag("duplicate", sorted(marked), present=False)
+    missing = runner.invoke(cli, [*args, "dupes", str(tmp_path / "nowhere")], env=env)
+    assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
 def test_the_api_collapses_lists_groups_and_copies(indexed) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from imgsearch import dupes, images, photometa, places
 from imgsearch.errors import ImageDecodeError
@@ -34,6 +35,7 @@ HASH_DRAFT = 224  # the decode a model of 224-pixel input gets at index time
 WORKERS = 4  # header reads wait on the disk more than on the CPU
 
 OnProgress = Callable[[Progress], None]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -57,16 +59,39 @@ def run(store: Store, on_progress: OnProgress, stop: threading.Event | None = No
 
 
 def _read_all(store: Store, total: int, on_progress: OnProgress, stop: threading.Event | None) -> int:
-    done = written = after = 0
-    on_progress(Progress("photos", 0, total))
     with cf.ThreadPoolExecutor(WORKERS, "imgsearch-photos") as pool:
-        while rows := store.unread_photos(after, BATCH, photometa.VERSION):
-            found = [f for f in pool.map(_header, rows) if f is not None]
-            store.set_photos(named(found))
-            after, done, written = rows[-1].id, done + len(rows), written + len(found)
-            on_progress(Progress("photos", min(done, total), total))
-            if stop is not None and stop.is_set():
-                break
+        return _batches(
+            "photos",
+            total,
+            lambda after: store.unread_photos(after, BATCH, photometa.VERSION),
+            lambda rows: [f for f in pool.map(_header, rows) if f is not None],
+            lambda found: store.set_photos(named(found)),
+            on_progress,
+            stop,
+        )
+
+
+def _batches(
+    phase: str,
+    total: int,
+    fetch: Callable[[int], Sequence[StoredImage]],
+    work: Callable[[Sequence[StoredImage]], list[T]],
+    write: Callable[[list[T]], None],
+    on_progress: OnProgress,
+    stop: threading.Event | None,
+) -> int:
+    """Fill rows a batch at a time, in id order: fetch(after_id) the next rows, work them out, write what came of
+    them (one transaction), report progress as `phase`; stop between batches when `stop` is set. Returns how many
+    rows got a value."""
+    done = written = after = 0
+    on_progress(Progress(phase, 0, total))
+    while rows := fetch(after):
+        found = work(rows)
+        write(found)
+        after, done, written = rows[-1].id, done + len(rows), written + len(found)
+        on_progress(Progress(phase, min(done, total), total))
+        if stop is not None and stop.is_set():
+            break
     return written
 
 
@@ -107,17 +132,16 @@ def hashes(store: Store, max_pixels: int, workers: int, on_progress: OnProgress,
     total = copies.count_unhashed(dupes.HASH_BYTES)
     if not total:
         return 0
-    done = written = after = 0
-    on_progress(Progress("hashes", 0, total))
     with images.reader_pool(workers) as pool:
-        while rows := copies.unhashed(after, HASH_BATCH, dupes.HASH_BYTES):
-            found = [f for f in pool.map(lambda row: _pixel_hash(row, max_pixels), rows) if f is not None]
-            copies.set_hashes(found)
-            after, done, written = rows[-1].id, done + len(rows), written + len(found)
-            on_progress(Progress("hashes", min(done, total), total))
-            if stop is not None and stop.is_set():
-                break
-    return written
+        return _batches(
+            "hashes",
+            total,
+            lambda after: copies.unhashed(after, HASH_BATCH, dupes.HASH_BYTES),
+            lambda rows: [f for f in pool.map(lambda row: _pixel_hash(row, max_pixels), rows) if f is not None],
+            copies.set_hashes,
+            on_progress,
+            stop,
+        )
 
 
 def _pixel_hash(row: StoredImage, max_pixels: int) -> tuple[StoredImage, bytes] | None:

@@ -4,8 +4,8 @@ What `dupes --similar` adds to the copies the pixel hashes find. CLIP's cosine h
 two unrelated pictures may sit near 0.45 with one model and at 0.9998 with some random weights. So the distance is
 measured against the library's own: a pair is similar when its distance (1 - cosine) is at most RELATIVE times the
 median distance between two of its pictures drawn at random (0.1: ten times closer than a typical pair; at a
-typical cosine of 0.45 that is 0.945 or more, at 0.9998 it is 0.99998). Pairs are found by an exact range search (faiss), grouped as
-stars around the picture with the most neighbours (as copies are, imgsearch.dupes: no chains).
+typical cosine of 0.45 that is 0.945 or more, at 0.9998 it is 0.99998). Pairs are found by an exact range search
+(faiss), grouped as stars around the picture with the most neighbours (as copies are, imgsearch.dupes: no chains).
 """
 
 from __future__ import annotations
