@@ -16,6 +16,7 @@ model input) and hashes the result. benchmarks/bench_dupes.py times the hash sea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import platform
 import statistics
@@ -84,6 +85,14 @@ def bench_groups(work: Path, n: int, share: float) -> None:
     found = copies.regroup(store, force=True)
     regroup = time.perf_counter() - started
     print(f"  deciding the groups (end of an index run): {regroup:.1f} s, {found:,} groups (planted {planted:,})")
+    hashes, _ = planted_hashes(1, 0.0, rng)  # a new photo with no copy, as a `watch` pass adds
+    with store.write() as conn:
+        new = NewImage("/photos/new.jpg", 1, 1, "f" * 32, 4000, 3000, np.ones(512, np.float32) / 512**0.5)
+        conn.execute(insert(images_table), [_row_values(dataclasses.replace(new, pixel_hash=hashes[0]))])
+    started = time.perf_counter()
+    copies.regroup(store, force=True, only_added=True)
+    seconds = time.perf_counter() - started
+    print(f"  a pass that adds one photo without a copy (looked up among all, groups kept): {seconds:.2f} s")
     store.close()
     with Library(load_settings(home, environ={})) as lib:
         started = time.perf_counter()

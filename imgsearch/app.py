@@ -261,7 +261,8 @@ class Library:
         ix = self.settings.index
         hashed = backfill.hashes(self.store, ix.max_pixels, ix.workers or os.cpu_count() or 2, on_progress, stop)
         changed = report.embedded + report.renamed + report.copied + report.removed + hashed
-        copies.regroup(self.store, force=changed > 0)
+        only_added = not (report.renamed or report.copied or hashed)  # removals are seen by the group count
+        copies.regroup(self.store, force=changed > 0, only_added=only_added)
         return hashed
 
     def _ray_reader(self) -> MakeReader | None:

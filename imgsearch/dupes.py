@@ -166,15 +166,40 @@ def copy_pairs(
 
     Exact: each block of rows is searched against itself and the rows after it only, so each pair is measured once.
     """
-    if hashes.ndim != 2 or hashes.shape[1] != HASH_BYTES or hashes.dtype != np.uint8:
-        raise ValueError(f"hashes must be a (N, {HASH_BYTES}) uint8 array, not {hashes.dtype} {hashes.shape}")
-    shapes = np.ascontiguousarray(hashes[:, :SHAPE_BYTES])
+    shapes = np.ascontiguousarray(_checked(hashes)[:, :SHAPE_BYTES])
     found = [_pairs_from(shapes, start, max_shape) for start in range(0, len(shapes), _BATCH)]
     pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     tones = hashes[:, SHAPE_BYTES:].astype(np.int16)
     agree = np.abs(tones[pairs[:, 0]] - tones[pairs[:, 1]]).max(axis=1, initial=0) <= max_tone
     return pairs[agree]
+
+
+def _checked(hashes: np.ndarray) -> np.ndarray:
+    if hashes.ndim != 2 or hashes.shape[1] != HASH_BYTES or hashes.dtype != np.uint8:
+        raise ValueError(f"hashes must be a (N, {HASH_BYTES}) uint8 array, not {hashes.dtype} {hashes.shape}")
+    return hashes
+
+
+def any_copy(
+    hashes: np.ndarray, rows: np.ndarray, max_shape: int = MAX_SHAPE_DISTANCE, max_tone: int = MAX_TONE_DISTANCE
+) -> bool:
+    """Whether any of `rows` (indices into a (N, HASH_BYTES) array) has a copy among all the others: the check that
+    lets a few new pictures skip deciding every group again when none of them has a copy."""
+    import faiss  # heavy, and only `dupes` needs it
+
+    hashes = _checked(hashes)
+    shapes = np.ascontiguousarray(hashes[:, :SHAPE_BYTES])
+    index = faiss.IndexBinaryFlat(SHAPE_BITS)
+    index.add(shapes)
+    limits, _, found = index.range_search(shapes[rows], max_shape + 1)  # faiss: distance < radius
+    counts: np.ndarray = np.diff(np.asarray(limits, dtype=np.int64))
+    queries = np.repeat(np.asarray(rows, dtype=np.int64), counts)
+    found = found.astype(np.int64)
+    other = found != queries
+    tones = hashes[:, SHAPE_BYTES:].astype(np.int16)
+    gaps = np.abs(tones[queries[other]] - tones[found[other]])
+    return bool((gaps.max(axis=1, initial=0) <= max_tone).any())
 
 
 def _pairs_from(shapes: np.ndarray, start: int, max_shape: int) -> np.ndarray:

@@ -268,3 +268,30 @@ def test_similar_groups_near_identical_shots_of_one_kind(lib: Library, shapes) -
     kinds = [{labels[c.path] for c in g.copies} for g in found]
     assert all(len(k) == 1 for k in kinds), kinds
     assert len(found) >= len(set(labels.values())) // 2, "most kinds have their burst"
+
+
+def test_new_pictures_without_copies_leave_the_groups_standing(
+    lib: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that only adds pictures looks the new ones up among all hashes, and decides every group again only
+    when one has a copy (or a grouped picture went): a watch pass over new photos stays cheap at 100k."""
+    from imgsearch.indexer import copies
+
+    expected, paths = write_library(tmp_path / "photos")
+    lib.index([tmp_path / "photos"])
+    decided: list[int] = []
+    real = copies.decide
+    monkeypatch.setattr(copies, "decide", lambda found: decided.append(len(found)) or real(found))
+
+    def groups() -> list[list[str]]:
+        return sorted(map(sorted, ({c.path for c in g.copies} for g in lib.dupes())))
+
+    shutil.copy(SAMPLES / "horse-silhouette.png", tmp_path / "photos" / "horse.png")  # no copy of it here
+    assert lib.index().embedded == 1 and decided == [] and groups() == sorted(map(sorted, expected))
+    quarter = sample("rocket").resize((160, 107))
+    (tmp_path / "photos" / "rocket-small.jpg").write_bytes(encode(quarter, "JPEG", quality=85))
+    lib.index()
+    assert len(decided) == 1 and any(str(tmp_path / "photos" / "rocket-small.jpg") in g for g in groups())
+    Path(paths["clock crop"]).unlink()
+    lib.index()
+    assert len(decided) == 2 and not any(paths["clock"] in g for g in groups()), "a group of one is no group"

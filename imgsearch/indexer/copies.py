@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from imgsearch import dupes
-from imgsearch.store.copies import Candidate
+from imgsearch.store.copies import Candidate, CopyStore
 from imgsearch.store.repository import Store
 
 # What decides a group: another hash or threshold groups every image again.
@@ -23,15 +25,35 @@ GROUPING = f"hash{dupes.HASH_BYTES}:shape{dupes.MAX_SHAPE_DISTANCE}:tone{dupes.M
 EXACT, COPY = "exact", "copy"
 
 
-def regroup(store: Store, force: bool = False) -> int:
-    """Decide the groups of copies of every hashed image and record them (skipped when nothing could have changed
-    them: `force` False and the groups were decided with today's GROUPING). Returns how many groups there are."""
+def regroup(store: Store, force: bool = False, only_added: bool = False) -> int:
+    """Decide the groups of copies of every hashed image and record them; returns how many groups there are.
+
+    Skipped when nothing could have changed them: `force` False and the groups were decided with today's GROUPING.
+    With `only_added` (the run added images and changed or moved none: a `watch` pass over new photos), the new
+    images are first looked up among all hashes: when none has a copy and no grouped image went, the groups stand
+    (a fraction of a second at 100k images, against seconds for deciding them all again)."""
     copies = store.copies
-    if not force and copies.grouping() == GROUPING:
+    current = copies.grouping() == GROUPING
+    if current and not force:
+        return copies.counts()[0]
+    if current and only_added and not _new_copies(copies):
+        copies.mark_seen()
         return copies.counts()[0]
     groups = decide(copies.candidates())
     copies.set_groups([[c.id for c in group] for group in groups], GROUPING)
     return len(groups)
+
+
+def _new_copies(copies: CopyStore) -> bool:
+    """Whether the groups may have changed since they were last decided: a grouped image went, or an image added
+    since has a copy."""
+    last = copies.last_seen()
+    grouped = copies.seen()[1]
+    if last is None or grouped != last[1]:
+        return True
+    ids, hashes = copies.hashes(dupes.HASH_BYTES)
+    new = np.flatnonzero(ids > last[0])
+    return bool(len(new)) and dupes.any_copy(dupes.hash_array(hashes), new)
 
 
 def decide(found: Sequence[Candidate]) -> list[list[Candidate]]:

@@ -12,12 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import ColumnElement, bindparam, func, select, update
 
 from imgsearch.store.repository import Store, StoredImage, chunks, under
 from imgsearch.store.schema import images
 
 GROUPING_META = "copy_grouping"  # what the groups were decided with (dupes.VERSION): another one regroups
+SEEN_META = "copy_grouping_seen"  # "largest id, images in groups" when the groups were last decided or checked
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,30 @@ class CopyStore:
     def grouping(self) -> str | None:
         return self.store.get_meta(GROUPING_META)
 
+    def seen(self) -> tuple[int, int]:
+        """(the largest image id, how many images are in groups) now."""
+        c = images.c
+        with self.store.read() as conn:
+            top, grouped = conn.execute(select(func.max(c.id), func.count(c.copy_group))).one()
+        return int(top or 0), int(grouped)
+
+    def last_seen(self) -> tuple[int, int] | None:
+        """seen() as it was when the groups were last decided (or found unchanged)."""
+        value = self.store.get_meta(SEEN_META)
+        return None if value is None else tuple(int(v) for v in value.split(","))  # type: ignore[return-value]
+
+    def mark_seen(self) -> None:
+        with self.store.write() as conn:
+            self.store.set_meta(conn, SEEN_META, ",".join(map(str, self.seen())))
+
+    def hashes(self, size: int) -> tuple[np.ndarray, list[bytes]]:
+        """(ids, hashes) of every image with a hash of `size` bytes, in id order."""
+        c = images.c
+        with self.store.read() as conn:
+            rows = conn.execute(select(c.id, c.pixel_hash).where(func.length(c.pixel_hash) == size).order_by(c.id))
+            found = [(int(i), bytes(h)) for i, h in rows]
+        return np.array([i for i, _ in found], dtype=np.int64), [h for _, h in found]
+
     def set_groups(self, groups: Sequence[Sequence[int]], grouping: str) -> int:
         """Record the groups (each a list of ids, best copy first) and what decided them; every other image is
         in no group. Only rows whose group or rank changes are written. Returns how many changed."""
@@ -120,6 +146,7 @@ class CopyStore:
                 stmt = update(images).where(c.id == bindparam("b_id"))
                 conn.execute(stmt.values(copy_group=bindparam("b_group"), copy_rank=bindparam("b_rank")), changes)
             self.store.set_meta(conn, GROUPING_META, grouping)
+        self.mark_seen()
         return len(changes)
 
     def groups_of(self, ids: Iterable[int]) -> dict[int, tuple[int, int]]:
