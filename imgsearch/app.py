@@ -422,12 +422,14 @@ class Library:
         found = find(k) if all_copies else collapse.search(find, k, self._collapsed)
         return self._with_raws(by_date(found, sort))
 
-    def _collapsed(self, hits: list[Hit]) -> list[Hit]:
-        """One hit per picture (imgsearch.search.collapse)."""
+    def _collapsed(self, hits: list[Hit], leave_out: int | None = None) -> list[Hit]:
+        """One hit per picture (imgsearch.search.collapse); without the group of copies `leave_out`, if given."""
         from imgsearch.search.collapse import collapse
 
         copies = self.store.copies
         groups = copies.groups_of(h.id for h in hits)
+        if leave_out is not None:
+            hits = [h for h in hits if groups.get(h.id, (None, 0))[0] != leave_out]
         if not groups:
             return hits
         return collapse(hits, groups, copies.sizes(g for g, _ in groups.values()))
@@ -474,11 +476,7 @@ class Library:
         def find(n: int) -> list[Hit]:
             return self.engine.similar(image_id, n, _root(path_prefix), tags, photo)
 
-        def others(hits: list[Hit]) -> list[Hit]:
-            mine = {i for i, (g, _) in self.store.copies.groups_of(h.id for h in hits).items() if g == group}
-            return self._collapsed([h for h in hits if h.id not in mine])
-
-        return self._with_raws(collapse.search(find, k, others))
+        return self._with_raws(collapse.search(find, k, lambda hits: self._collapsed(hits, leave_out=group)))
 
     def newest(
         self,
@@ -526,7 +524,7 @@ class Library:
         if group is None:
             return ()
         members = copies.members([group[0]]).get(group[0], [])
-        return tuple(c for c in self._described([m.id for m in members]).copies if c.id != image_id)
+        return tuple(c for c in self._described([[m.id for m in members]])[0].copies if c.id != image_id)
 
     def dupes(self, paths: Sequence[str | Path] = (), *, similar: bool = False) -> list[CopyGroup]:
         """Groups of copies (imgsearch.dupes) with a file under one of paths (default: all), best copy first,
@@ -538,7 +536,7 @@ class Library:
         for root in roots:
             for members in copies.all_groups(root):
                 seen.setdefault(members[0].id, [m.id for m in members])
-        groups = [self._described(ids) for ids in seen.values()]
+        groups = self._described(list(seen.values()))
         if similar:
             groups += self._similar_groups(roots, {i for ids in seen.values() for i in ids})
         return groups
@@ -555,17 +553,20 @@ class Library:
             for i, image_id in enumerate(ids.tolist())
             if image_id not in grouped and (wanted is None or image_id in wanted)
         ]
-        return [self._described([int(ids[keep[i]]) for i in star], "similar") for star in similar.groups(vectors[keep])]
+        return self._described([[int(ids[keep[i]]) for i in star] for star in similar.groups(vectors[keep])], "similar")
 
-    def _described(self, ids: Sequence[int], level: str | None = None) -> CopyGroup:
-        """A group as shown: its files best copy first, each with why it is not the best (level: exact or copy,
-        from the files, unless given)."""
+    def _described(self, groups: Sequence[Sequence[int]], level: str | None = None) -> list[CopyGroup]:
+        """Groups (lists of ids) as shown: their files best copy first, each with why it is not the best (level:
+        exact or copy, from the files, unless given). One read of every file's facts for all the groups."""
         from imgsearch.indexer import copies
 
-        found = copies.ranked(self.store.copies.candidates(ids))
-        why = copies.reasons(found)
-        listed = tuple(Copy(c.id, c.path, c.width, c.height, c.size, why[c.id]) for c in found)
-        return CopyGroup(level or copies.level(found), listed)
+        known = {c.id: c for c in self.store.copies.candidates(i for ids in groups for i in ids)}
+        out = []
+        for ids in groups:
+            found = copies.explained([known[i] for i in ids if i in known])
+            listed = tuple(Copy(c.id, c.path, c.width, c.height, c.size, why) for c, why in found)
+            out.append(CopyGroup(level or copies.level([c for c, _ in found]), listed))
+        return out
 
     def tag_duplicates(self, groups: Sequence[CopyGroup], tag: str) -> int:
         """Tag every copy but the best of each group by hand (it goes out with `tag export --xmp`). Returns how

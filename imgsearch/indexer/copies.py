@@ -75,14 +75,13 @@ def decide(found: Sequence[Candidate]) -> list[list[Candidate]]:
 
 def ranked(members: Sequence[Candidate]) -> list[Candidate]:
     """Members best copy first (dupes.rank_copies)."""
-    by_path = {c.path: c for c in members}
-    return [by_path[r.candidate.path] for r in dupes.rank_copies([judged(c) for c in members])]
+    return [c for c, _ in explained(members)]
 
 
-def reasons(members: Sequence[Candidate]) -> dict[int, str]:
-    """{id: why it is not the best copy ("" for the best)} of a group's members."""
+def explained(members: Sequence[Candidate]) -> list[tuple[Candidate, str]]:
+    """Members best copy first, each with why it is not the best ("" for the best)."""
     by_path = {c.path: c for c in members}
-    return {by_path[r.candidate.path].id: r.reason for r in dupes.rank_copies([judged(c) for c in members])}
+    return [(by_path[r.candidate.path], r.reason) for r in dupes.rank_copies([judged(c) for c in members])]
 
 
 def level(members: Sequence[Candidate]) -> str:
